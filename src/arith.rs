@@ -1,0 +1,89 @@
+//! The f32 arithmetic of SPEC §2, in one place: the moving average, the scale formula and fake
+//! quantization. Every engine and every observer goes through these functions (the CPU loops
+//! inline [`fake_quant`]; the CUDA kernels mirror it with non-contracted intrinsics).
+
+use crate::dtype::QuantRange;
+
+/// The smallest scale, f32 machine epsilon `2^-23`.
+pub const EPS: f32 = f32::EPSILON;
+
+/// One step of the moving average, rounded to f32 at every operation:
+/// `old + c * (cur - old)`.
+///
+/// ```
+/// use qcalib::arith::moving_average;
+/// assert_eq!(moving_average(1.0, 3.0, 0.5), 2.0);
+/// assert_eq!(moving_average(1.0, 3.0, 0.0), 1.0); // 0 freezes the first batch
+/// assert_eq!(moving_average(1.0, 3.0, 1.0), 3.0); // 1 keeps only the last
+/// ```
+#[inline]
+pub fn moving_average(old: f32, cur: f32, c: f32) -> f32 {
+    let d = cur - old;
+    let t = c * d;
+    old + t
+}
+
+/// The symmetric scale of the range `(min_val, max_val)`:
+/// `max(max(-min_val, max_val, 0) / divisor, EPS)` with `divisor = (quant_max - quant_min) / 2`.
+///
+/// ```
+/// use qcalib::{arith::scale, QuantDType, QuantRange};
+/// let r = QuantRange::resolve(QuantDType::QInt8, None, None).unwrap();
+/// assert_eq!(scale(-2.0, 1.0, &r), 2.0 / 127.5);
+/// assert_eq!(scale(0.0, 0.0, &r), qcalib::arith::EPS);
+/// ```
+#[inline]
+pub fn scale(min_val: f32, max_val: f32, range: &QuantRange) -> f32 {
+    scale_with_divisor(min_val, max_val, range.scale_divisor())
+}
+
+/// [`scale`] with the divisor already computed (for loops over many candidates).
+#[inline]
+pub fn scale_with_divisor(min_val: f32, max_val: f32, divisor: f32) -> f32 {
+    let amax = max3(-min_val, max_val, 0.0);
+    let s = amax / divisor;
+    if s > EPS { s } else { EPS }
+}
+
+#[inline]
+fn max3(a: f32, b: f32, c: f32) -> f32 {
+    let m = if a > b { a } else { b };
+    if m > c { m } else { c }
+}
+
+/// Fake quantization of one value: `clamp(round_half_to_even(x / s), qmin, qmax) * s`, in f32.
+///
+/// ```
+/// use qcalib::arith::fake_quant;
+/// assert_eq!(fake_quant(0.25, 0.5, -128.0, 127.0), 0.0); // 0.5 rounds to even 0
+/// assert_eq!(fake_quant(0.75, 0.5, -128.0, 127.0), 1.0); // 1.5 rounds to even 2
+/// assert_eq!(fake_quant(1000.0, 1.0, -128.0, 127.0), 127.0);
+/// ```
+#[inline(always)]
+pub fn fake_quant(x: f32, s: f32, qmin: f32, qmax: f32) -> f32 {
+    let q = (x / s).round_ties_even();
+    let q = if q < qmin { qmin } else { q };
+    let q = if q > qmax { qmax } else { q };
+    q * s
+}
+
+/// The squared fake-quantization error of one value, in f64 (the difference is taken in f32,
+/// its square is exact in f64).
+#[inline(always)]
+pub fn fake_quant_sq_err(x: f32, s: f32, qmin: f32, qmax: f32) -> f64 {
+    let d = (fake_quant(x, s, qmin, qmax) - x) as f64;
+    d * d
+}
+
+/// **Extension** (SPEC §2, optional): the power-of-two scale the plugin uses for its BERNOULLI
+/// target, `2^-clamp(floor(-log2(scale)), 1, 14)`.
+///
+/// ```
+/// use qcalib::arith::pow2_scale;
+/// assert_eq!(pow2_scale(0.3), 0.25);
+/// assert_eq!(pow2_scale(1e-9), 2f32.powi(-14));
+/// ```
+pub fn pow2_scale(scale: f32) -> f32 {
+    let e = (-(scale as f64).log2()).floor().clamp(1.0, 14.0);
+    (2f64).powf(-e) as f32
+}

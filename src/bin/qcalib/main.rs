@@ -1,0 +1,161 @@
+//! `qcalib`: calibrate quantization parameters from `.npy` / `.safetensors` batches, or run the
+//! built-in demo.
+
+mod calibrate;
+mod demo;
+mod input;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use qcalib::{Device, ObserverKind, ObserverSpec, QScheme, QuantDType};
+
+/// Quantization calibration: scale and zero point per tensor or channel, as
+/// horizon_plugin_pytorch's observers compute them.
+#[derive(Parser, Debug)]
+#[command(name = "qcalib", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Observe the batches FILE... in order and print the qparams.
+    Calibrate(CalibrateArgs),
+    /// Run every observer on built-in synthetic tensors and print a table.
+    Demo(DemoArgs),
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned text for people.
+    Table,
+    /// One JSON object on stdout.
+    Json,
+}
+
+/// `qscheme` in kebab case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SchemeArg {
+    PerTensorSymmetric,
+    PerChannelSymmetric,
+}
+
+#[derive(Args, Debug)]
+struct CalibrateArgs {
+    /// The observer.
+    #[arg(long, value_parser = parse_kind)]
+    observer: ObserverKind,
+    /// Weight of the current batch in the moving average, in [0, 1].
+    #[arg(long)]
+    averaging_constant: Option<f32>,
+    /// Channel axis for per-channel schemes (negative counts from the last dimension).
+    #[arg(long, allow_hyphen_values = true)]
+    ch_axis: Option<isize>,
+    /// Quantized dtype.
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<QuantDType>,
+    /// Quantization scheme.
+    #[arg(long, value_enum)]
+    qscheme: Option<SchemeArg>,
+    /// Lower end of the integer range (with --quant-max).
+    #[arg(long, allow_hyphen_values = true)]
+    quant_min: Option<i64>,
+    /// Upper end of the integer range (with --quant-min).
+    #[arg(long, allow_hyphen_values = true)]
+    quant_max: Option<i64>,
+    /// Histogram bins (percentile, kl).
+    #[arg(long)]
+    bins: Option<usize>,
+    /// Percentile of |x| (percentile).
+    #[arg(long)]
+    percentile: Option<f64>,
+    /// Batches per KL window (kl).
+    #[arg(long)]
+    update_interval: Option<usize>,
+    /// Step between MSE candidates (mse).
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Device: auto (CUDA when usable, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Calibration batches, in order: .npy (one tensor) or .safetensors (named tensors).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Elements per synthetic activation tensor.
+    #[arg(long, default_value_t = 1 << 20)]
+    elements: usize,
+}
+
+fn parse_kind(s: &str) -> Result<ObserverKind, String> {
+    s.parse().map_err(|e: qcalib::Error| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<QuantDType, String> {
+    s.parse().map_err(|e: qcalib::Error| e.to_string())
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    s.parse().map_err(|e: qcalib::Error| e.to_string())
+}
+
+impl CalibrateArgs {
+    /// The observer's parameters: its defaults, overridden by what was given.
+    fn spec(&self) -> ObserverSpec {
+        let mut quant = self.observer.default_config();
+        if let Some(v) = self.averaging_constant {
+            quant.averaging_constant = v;
+        }
+        if let Some(v) = self.ch_axis {
+            quant.ch_axis = v;
+        }
+        if let Some(v) = self.dtype {
+            quant.dtype = v;
+        }
+        if let Some(v) = self.qscheme {
+            quant.qscheme = match v {
+                SchemeArg::PerTensorSymmetric => QScheme::PerTensorSymmetric,
+                SchemeArg::PerChannelSymmetric => QScheme::PerChannelSymmetric,
+            };
+        }
+        quant.quant_min = self.quant_min;
+        quant.quant_max = self.quant_max;
+        ObserverSpec {
+            kind: self.observer,
+            quant,
+            bins: self.bins,
+            percentile: self.percentile,
+            update_interval: self.update_interval,
+            stride: self.stride,
+            sync_histograms: false,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Calibrate(args) => calibrate::run(&args),
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Min, max and the count of non-finite values, per channel, in one pass.
+
+use super::simd::{LANES, multiversion};
+use super::walk::Reducer;
+
+/// Min and max of one channel's values, and how many were NaN or infinite.
+///
+/// NaN is skipped by the comparisons (the count says it was there); infinities take part.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Extremes {
+    pub min: f32,
+    pub max: f32,
+    pub non_finite: u64,
+}
+
+impl Extremes {
+    pub(crate) const EMPTY: Extremes = Extremes { min: f32::INFINITY, max: f32::NEG_INFINITY, non_finite: 0 };
+
+    fn join(self, o: Extremes) -> Extremes {
+        Extremes { min: min(self.min, o.min), max: max(self.max, o.max), non_finite: self.non_finite + o.non_finite }
+    }
+}
+
+#[inline(always)]
+fn min(a: f32, b: f32) -> f32 {
+    if b < a { b } else { a }
+}
+
+#[inline(always)]
+fn max(a: f32, b: f32) -> f32 {
+    if b > a { b } else { a }
+}
+
+#[inline(always)]
+fn non_finite(v: f32) -> u32 {
+    ((v.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
+}
+
+/// Values per block: the u32 lane counters flush to u64 after each block.
+const BLOCK: usize = 1 << 20;
+
+multiversion! {
+    /// The extremes of `x`.
+    pub(crate) fn extremes(x: &[f32]) -> Extremes {
+        let mut out = Extremes::EMPTY;
+        for block in x.chunks(BLOCK) {
+            let mut lo = [f32::INFINITY; LANES];
+            let mut hi = [f32::NEG_INFINITY; LANES];
+            let mut nf = [0u32; LANES];
+            let mut chunks = block.chunks_exact(LANES);
+            for ch in &mut chunks {
+                for j in 0..LANES {
+                    lo[j] = min(lo[j], ch[j]);
+                    hi[j] = max(hi[j], ch[j]);
+                    nf[j] += non_finite(ch[j]);
+                }
+            }
+            for (j, &v) in chunks.remainder().iter().enumerate() {
+                lo[j] = min(lo[j], v);
+                hi[j] = max(hi[j], v);
+                nf[j] += non_finite(v);
+            }
+            let mut e = Extremes { min: lo[0], max: hi[0], non_finite: 0 };
+            for j in 0..LANES {
+                e.min = min(e.min, lo[j]);
+                e.max = max(e.max, hi[j]);
+                e.non_finite += nf[j] as u64;
+            }
+            out = out.join(e);
+        }
+        out
+    }
+}
+
+multiversion! {
+    /// Folds rows of `lo.len()` values (value `j` in channel `j`) into per-channel extremes;
+    /// returns how many values were non-finite.
+    fn extremes_rows(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> u64 {
+        let channels = lo.len();
+        let mut nf = 0u64;
+        for row in rows.chunks_exact(channels) {
+            let mut row_nf = 0u32;
+            for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+                *l = min(*l, v);
+                *h = max(*h, v);
+                row_nf += non_finite(v);
+            }
+            nf += row_nf as u64;
+        }
+        nf
+    }
+}
+
+/// Per-channel extremes of a range of channels.
+pub(crate) struct ExtremesPart {
+    first: usize,
+    pub min: Vec<f32>,
+    pub max: Vec<f32>,
+    pub non_finite: u64,
+}
+
+/// The [`Reducer`] for [`extremes`].
+pub(crate) struct ExtremesReducer;
+
+impl Reducer for ExtremesReducer {
+    type Part = ExtremesPart;
+
+    fn part(&self, first: usize, count: usize) -> ExtremesPart {
+        ExtremesPart { first, min: vec![f32::INFINITY; count], max: vec![f32::NEG_INFINITY; count], non_finite: 0 }
+    }
+
+    fn part_bytes(&self, count: usize) -> usize {
+        8 * count + 32
+    }
+
+    fn run(&self, part: &mut ExtremesPart, c: usize, x: &[f32]) {
+        let e = extremes(x);
+        let i = c - part.first;
+        part.min[i] = min(part.min[i], e.min);
+        part.max[i] = max(part.max[i], e.max);
+        part.non_finite += e.non_finite;
+    }
+
+    fn rows(&self, part: &mut ExtremesPart, rows: &[f32], _channels: usize) {
+        part.non_finite += extremes_rows(rows, &mut part.min, &mut part.max);
+    }
+
+    fn merge(&self, part: &mut ExtremesPart, other: ExtremesPart) {
+        for (a, b) in part.min.iter_mut().zip(other.min) {
+            *a = min(*a, b);
+        }
+        for (a, b) in part.max.iter_mut().zip(other.max) {
+            *a = max(*a, b);
+        }
+        part.non_finite += other.non_finite;
+    }
+
+    fn concat(&self, parts: Vec<ExtremesPart>) -> ExtremesPart {
+        let first = parts.first().map_or(0, |p| p.first);
+        let mut out = ExtremesPart { first, min: Vec::new(), max: Vec::new(), non_finite: 0 };
+        for p in parts {
+            out.min.extend(p.min);
+            out.max.extend(p.max);
+            out.non_finite += p.non_finite;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extremes_of_awkward_lengths() {
+        for n in [0usize, 1, 15, 16, 17, 1000] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+            let e = extremes(&x);
+            let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!((e.min, e.max, e.non_finite), (lo, hi, 0), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_counted() {
+        let x = [1.0, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY, 3.0];
+        assert_eq!(extremes(&x).non_finite, 3);
+        let mut lo = vec![f32::INFINITY; 3];
+        let mut hi = vec![f32::NEG_INFINITY; 3];
+        assert_eq!(extremes_rows(&x, &mut lo, &mut hi), 3);
+        assert_eq!(lo, vec![1.0, f32::NEG_INFINITY, -2.0]);
+    }
+}

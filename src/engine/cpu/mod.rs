@@ -1,0 +1,42 @@
+//! The CPU engine: rayon across cores, vectorised loops within a core.
+
+mod fake_quant;
+mod histogram;
+mod min_max;
+mod simd;
+mod walk;
+
+use crate::engine::Extremes;
+use crate::tensor::{HostLayout, TensorView, with_view};
+
+use fake_quant::FakeQuantReducer;
+use histogram::HistogramReducer;
+use min_max::ExtremesReducer;
+use walk::reduce;
+
+/// Per-channel min, max and non-finite count of a host tensor (`axis = None`: per-tensor).
+pub(crate) fn extremes(x: &TensorView<'_>, axis: Option<usize>) -> Extremes {
+    let part = with_view!(x, v => reduce(HostLayout::new(v, axis), &ExtremesReducer));
+    Extremes { min: part.min, max: part.max, non_finite: part.non_finite }
+}
+
+/// The histogram of `|x|` over the whole tensor, `bins` bins on `[0, hi]` (SPEC §5).
+pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64> {
+    let r = HistogramReducer { bins, hi };
+    with_view!(x, v => reduce(HostLayout::new(v, None), &r)).into_counts()
+}
+
+/// Sums of squared fake-quantization errors, `[k][channels]`, for the candidate scales
+/// `scales` (`[k][channels]`).
+pub(crate) fn fake_quant_errors(
+    x: &TensorView<'_>,
+    axis: Option<usize>,
+    scales: &[f32],
+    k: usize,
+    qmin: f32,
+    qmax: f32,
+) -> Vec<f64> {
+    let channels = axis.map_or(1, |a| x.shape()[a]);
+    let r = FakeQuantReducer { scales, k, channels, qmin, qmax };
+    with_view!(x, v => reduce(HostLayout::new(v, axis), &r)).err
+}

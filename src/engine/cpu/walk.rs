@@ -1,0 +1,190 @@
+//! How the CPU engine walks a host tensor: the one place that knows about layouts, chunking,
+//! widening and threads. Each statistic is a [`Reducer`]; [`reduce`] feeds it every element of
+//! the tensor, tagged with its channel.
+//!
+//! Determinism: the work is cut into pieces whose boundaries depend only on the tensor's shape
+//! and layout, never on the number of threads, and partial results are merged in a fixed order.
+//! So sums in floating point come out bit for bit the same on any machine and thread count.
+
+use ndarray::{ArrayViewD, Axis};
+use rayon::prelude::*;
+
+use crate::tensor::{Element, HostLayout};
+
+/// Elements per piece of work: small enough to balance threads, large enough to amortise.
+const CHUNK: usize = 1 << 16;
+/// The most pieces one channel (or the whole per-tensor input) is cut into.
+const MAX_PIECES: usize = 64;
+/// The memory partial results of one reduction may take together.
+const PART_BUDGET_BYTES: usize = 256 << 20;
+/// Values widened at a time from f16/bf16.
+const WIDEN_BLOCK: usize = 4096;
+
+/// A statistic computed over a tensor, per channel.
+pub(crate) trait Reducer: Sync {
+    /// The partial result for a range of consecutive channels.
+    type Part: Send;
+
+    /// An empty partial result for channels `first .. first + count`.
+    fn part(&self, first: usize, count: usize) -> Self::Part;
+
+    /// Roughly the bytes of a part for `count` channels (bounds the number of parts alive).
+    fn part_bytes(&self, count: usize) -> usize;
+
+    /// Adds values that all belong to channel `c` (absolute index, inside the part's range).
+    fn run(&self, part: &mut Self::Part, c: usize, x: &[f32]);
+
+    /// Adds whole rows of `channels` values: value `j` of every row belongs to channel `j`.
+    /// The part covers all channels.
+    fn rows(&self, part: &mut Self::Part, rows: &[f32], channels: usize);
+
+    /// Adds `other`, a part over the same channels, into `part`.
+    fn merge(&self, part: &mut Self::Part, other: Self::Part);
+
+    /// Joins parts over consecutive channel ranges, given in channel order.
+    fn concat(&self, parts: Vec<Self::Part>) -> Self::Part;
+}
+
+/// Feeds every element of the tensor to `r` and returns the part covering all channels.
+pub(crate) fn reduce<T: Element, R: Reducer>(layout: HostLayout<'_, T>, r: &R) -> R::Part {
+    match layout {
+        HostLayout::Dense { data, outer, channels, inner } if channels > 1 && inner == 1 => {
+            reduce_rows(data, outer, channels, r)
+        }
+        HostLayout::Dense { data, outer, channels, inner } => {
+            let parts = (0..channels)
+                .into_par_iter()
+                .map(|c| reduce_channel_runs(data, outer, channels, inner, c, r))
+                .collect();
+            r.concat(parts)
+        }
+        HostLayout::Strided { view, axis: None } => reduce_strided(&view, 0, r),
+        HostLayout::Strided { view, axis: Some(axis) } => {
+            let parts = (0..view.shape()[axis])
+                .into_par_iter()
+                .map(|c| reduce_strided(&view.index_axis(Axis(axis), c), c, r))
+                .collect();
+            r.concat(parts)
+        }
+    }
+}
+
+/// How many pieces `n` elements are cut into, given the size of a part.
+fn pieces(n: usize, part_bytes: usize) -> usize {
+    let by_budget = (PART_BUDGET_BYTES / part_bytes.max(1)).max(1);
+    (n / CHUNK).clamp(1, MAX_PIECES.min(by_budget))
+}
+
+/// Merges parts in their order.
+fn merge_all<R: Reducer>(r: &R, parts: Vec<R::Part>) -> Option<R::Part> {
+    let mut it = parts.into_iter();
+    let mut acc = it.next()?;
+    for p in it {
+        r.merge(&mut acc, p);
+    }
+    Some(acc)
+}
+
+/// Channel `c` of a dense `[outer, channels, inner]` slice: `outer` runs of `inner` values.
+fn reduce_channel_runs<T: Element, R: Reducer>(
+    data: &[T],
+    outer: usize,
+    channels: usize,
+    inner: usize,
+    c: usize,
+    r: &R,
+) -> R::Part {
+    let n = outer * inner;
+    let k = pieces(n, r.part_bytes(1));
+    let per = n.div_ceil(k).max(1);
+    let parts = (0..k)
+        .into_par_iter()
+        .map(|piece| {
+            let mut part = r.part(c, 1);
+            // The channel's values in order: position p is run p / inner, offset p % inner.
+            let (mut p, end) = (piece * per, ((piece + 1) * per).min(n));
+            while p < end {
+                let (o, i) = (p / inner, p % inner);
+                let len = (inner - i).min(end - p);
+                let start = (o * channels + c) * inner + i;
+                feed(r, &mut part, c, &data[start..start + len]);
+                p += len;
+            }
+            part
+        })
+        .collect();
+    merge_all(r, parts).unwrap_or_else(|| r.part(c, 1))
+}
+
+/// A dense slice of `outer` rows of `channels` values (channel axis innermost).
+fn reduce_rows<T: Element, R: Reducer>(data: &[T], outer: usize, channels: usize, r: &R) -> R::Part {
+    let k = pieces(data.len(), r.part_bytes(channels)).min(outer).max(1);
+    let rows_per = outer.div_ceil(k).max(1);
+    let parts = data
+        .par_chunks(rows_per * channels)
+        .map(|rows| {
+            let mut part = r.part(0, channels);
+            match T::as_f32(rows) {
+                Some(x) => r.rows(&mut part, x, channels),
+                None => {
+                    let block_rows = (WIDEN_BLOCK / channels).max(1);
+                    let mut buf = vec![0f32; block_rows * channels];
+                    for src in rows.chunks(block_rows * channels) {
+                        let dst = &mut buf[..src.len()];
+                        T::widen(src, dst);
+                        r.rows(&mut part, dst, channels);
+                    }
+                }
+            }
+            part
+        })
+        .collect();
+    merge_all(r, parts).unwrap_or_else(|| r.part(0, channels))
+}
+
+/// A view that is not dense, all of it channel `c`: walked in logical order, in pieces along its
+/// longest axis.
+fn reduce_strided<T: Element, R: Reducer>(view: &ArrayViewD<'_, T>, c: usize, r: &R) -> R::Part {
+    let walk = |v: ArrayViewD<'_, T>| {
+        let mut part = r.part(c, 1);
+        if let Some(data) = v.to_slice_memory_order() {
+            feed(r, &mut part, c, data);
+            return part;
+        }
+        let mut buf = [0f32; WIDEN_BLOCK];
+        let mut len = 0;
+        for &x in v.iter() {
+            buf[len] = x.to_f32();
+            len += 1;
+            if len == WIDEN_BLOCK {
+                r.run(&mut part, c, &buf);
+                len = 0;
+            }
+        }
+        r.run(&mut part, c, &buf[..len]);
+        part
+    };
+    let Some((axis, &axis_len)) = view.shape().iter().enumerate().max_by_key(|&(_, &len)| len) else {
+        return walk(view.clone()); // 0-dimensional: one element
+    };
+    let k = pieces(view.len(), r.part_bytes(1)).min(axis_len.max(1));
+    let per = axis_len.div_ceil(k).max(1);
+    let subviews: Vec<_> = view.axis_chunks_iter(Axis(axis), per).collect();
+    let parts = subviews.into_par_iter().map(walk).collect();
+    merge_all(r, parts).unwrap_or_else(|| r.part(c, 1))
+}
+
+/// Feeds a run of one channel, widening f16/bf16 a block at a time.
+fn feed<T: Element, R: Reducer>(r: &R, part: &mut R::Part, c: usize, src: &[T]) {
+    match T::as_f32(src) {
+        Some(x) => r.run(part, c, x),
+        None => {
+            let mut buf = [0f32; WIDEN_BLOCK];
+            for block in src.chunks(WIDEN_BLOCK) {
+                let dst = &mut buf[..block.len()];
+                T::widen(block, dst);
+                r.run(part, c, dst);
+            }
+        }
+    }
+}

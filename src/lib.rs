@@ -1,0 +1,58 @@
+//! # qcalib
+//!
+//! Quantization calibration for neural-network tensors: the scale and zero point of a tensor
+//! (or of each of its channels) from the batches it takes during calibration. qcalib reproduces
+//! the observers of `horizon_plugin_pytorch.quantization.observer_v2` — the same scales from the
+//! same data — on a CPU engine (rayon, vectorised loops) that needs nothing but Rust.
+//!
+//! | observer | what sets the range |
+//! |---|---|
+//! | [`MinMaxObserver`] | min and max, per tensor or per channel |
+//! | [`MovingAverageMinMaxObserver`] | the same, per tensor |
+//! | [`MovingAveragePerChannelMinMaxObserver`] | the same, per channel |
+//! | [`PercentileObserver`] | a percentile of `|x|` |
+//! | [`KlObserver`] | the KL-divergence threshold of a histogram of `|x|` |
+//! | [`MseObserver`] | the shrink factor with the smallest fake-quantization error |
+//! | [`MixObserver`] | the percentile clip with the smallest fake-quantization error |
+//!
+//! Every observer follows the moving average of SPEC §2 across batches, and computes symmetric
+//! scales: `scale = max(|range|) / ((quant_max - quant_min) / 2)`, zero point 0.
+//!
+//! ```
+//! use ndarray::Array2;
+//! use qcalib::{KlConfig, KlObserver, Observer};
+//!
+//! let batch = Array2::from_shape_fn((64, 384), |(i, j)| ((i * 384 + j) as f32 * 0.001).sin());
+//! let mut obs = KlObserver::new(KlConfig::default())?;
+//! obs.observe(&batch)?;                       // f32, f16 or bf16 views of any layout
+//! let q = obs.qparams()?;
+//! assert_eq!(q.zero_point, vec![0]);
+//! assert!(q.scale[0] > 0.0);
+//! # Ok::<(), qcalib::Error>(())
+//! ```
+//!
+//! Bad input never panics: NaN or infinity in a batch, a wrong `ch_axis`, a changed channel
+//! count or an invalid parameter return an [`Error`] and leave the observer as it was.
+
+#![warn(missing_docs)]
+
+pub mod arith;
+mod config;
+mod dtype;
+mod engine;
+mod error;
+pub mod observer;
+pub mod search;
+pub mod sync;
+pub mod synthetic;
+mod tensor;
+
+pub use config::{KlConfig, MAX_BINS, MseConfig, PercentileConfig, QuantConfig};
+pub use dtype::{QScheme, QuantDType, QuantRange};
+pub use engine::{Device, Extremes};
+pub use error::{Error, Result};
+pub use observer::{
+    KlObserver, MinMaxObserver, MixObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+    MseObserver, Observer, ObserverKind, ObserverSpec, PercentileObserver, QParams,
+};
+pub use tensor::{Element, TensorView};

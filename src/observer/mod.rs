@@ -1,0 +1,305 @@
+//! The observers of `horizon_plugin_pytorch.quantization.observer_v2` (SPEC §4): one type per
+//! observer, all behind the [`Observer`] trait.
+
+mod core;
+mod kl;
+mod min_max;
+mod mix;
+mod mse;
+mod percentile;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::core::RangeStats;
+pub use kl::{KlObserver, KlWindow};
+pub use min_max::{MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver};
+pub use mix::MixObserver;
+pub use mse::MseObserver;
+pub use percentile::PercentileObserver;
+
+use crate::config::QuantConfig;
+use crate::engine::Device;
+use crate::error::Result;
+use crate::sync::ProcessGroup;
+use crate::tensor::TensorView;
+
+/// Quantization parameters: one scale and zero point per tensor or per channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QParams {
+    /// The scales.
+    pub scale: Vec<f32>,
+    /// The zero points (always 0: every scheme is symmetric).
+    pub zero_point: Vec<i32>,
+    /// The lower end of the integer range.
+    pub quant_min: i64,
+    /// The upper end of the integer range.
+    pub quant_max: i64,
+}
+
+/// Which observer, by the CLI's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObserverKind {
+    /// [`MinMaxObserver`].
+    MinMax,
+    /// [`MovingAverageMinMaxObserver`].
+    MovingAverageMinMax,
+    /// [`MovingAveragePerChannelMinMaxObserver`].
+    MovingAveragePerChannelMinMax,
+    /// [`PercentileObserver`].
+    Percentile,
+    /// [`KlObserver`].
+    Kl,
+    /// [`MseObserver`].
+    Mse,
+    /// [`MixObserver`].
+    Mix,
+}
+
+impl ObserverKind {
+    /// Every observer, in the order of SPEC §4.
+    pub const ALL: [ObserverKind; 7] = [
+        ObserverKind::MinMax,
+        ObserverKind::MovingAverageMinMax,
+        ObserverKind::MovingAveragePerChannelMinMax,
+        ObserverKind::Percentile,
+        ObserverKind::Kl,
+        ObserverKind::Mse,
+        ObserverKind::Mix,
+    ];
+
+    /// The CLI's name, e.g. `moving-average-min-max`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ObserverKind::MinMax => "min-max",
+            ObserverKind::MovingAverageMinMax => "moving-average-min-max",
+            ObserverKind::MovingAveragePerChannelMinMax => "moving-average-per-channel-min-max",
+            ObserverKind::Percentile => "percentile",
+            ObserverKind::Kl => "kl",
+            ObserverKind::Mse => "mse",
+            ObserverKind::Mix => "mix",
+        }
+    }
+
+    /// The plugin's defaults of the shared parameters for this observer: per-channel on axis 0
+    /// for [`MovingAveragePerChannelMinMaxObserver`], per-tensor for every other one.
+    pub fn default_config(self) -> QuantConfig {
+        match self {
+            ObserverKind::MovingAveragePerChannelMinMax => QuantConfig::per_channel(0),
+            _ => QuantConfig::default(),
+        }
+    }
+
+    /// The plugin's class name, e.g. `MovingAverageMinMaxObserver`.
+    pub const fn plugin_name(self) -> &'static str {
+        match self {
+            ObserverKind::MinMax => "MinMaxObserver",
+            ObserverKind::MovingAverageMinMax => "MovingAverageMinMaxObserver",
+            ObserverKind::MovingAveragePerChannelMinMax => "MovingAveragePerChannelMinMaxObserver",
+            ObserverKind::Percentile => "PercentileObserver",
+            ObserverKind::Kl => "KLObserver",
+            ObserverKind::Mse => "MSEObserver",
+            ObserverKind::Mix => "MixObserver",
+        }
+    }
+}
+
+impl fmt::Display for ObserverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ObserverKind {
+    type Err = crate::Error;
+
+    /// The CLI's name or the plugin's class name.
+    fn from_str(s: &str) -> Result<Self> {
+        ObserverKind::ALL.into_iter().find(|k| k.name() == s || k.plugin_name() == s).ok_or_else(|| {
+            let names: Vec<_> = ObserverKind::ALL.iter().map(|k| k.name()).collect();
+            crate::Error::config("observer", format!("`{s}` is not one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// What every observer does: observe batches, then compute qparams from the statistics.
+///
+/// ```
+/// use ndarray::array;
+/// use qcalib::{MinMaxObserver, Observer, QuantConfig};
+/// let mut obs = MinMaxObserver::new(QuantConfig { averaging_constant: 0.5, ..Default::default() })?;
+/// obs.observe(&array![-1.0f32, 2.0])?;
+/// obs.observe(&array![-3.0f32, 1.0])?;
+/// assert_eq!(obs.min_val(), Some(&[-2.0f32][..])); // -1 + 0.5 * (-3 - -1)
+/// assert_eq!(obs.qparams()?.scale, vec![2.0 / 127.5]);
+/// # Ok::<(), qcalib::Error>(())
+/// ```
+pub trait Observer: Send + fmt::Debug {
+    /// Which observer this is.
+    fn kind(&self) -> ObserverKind;
+
+    /// Observes one batch. An empty tensor is a no-op; on error (NaN/inf, a wrong `ch_axis`, a
+    /// changed channel count, a device failure) the state is unchanged.
+    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()>;
+
+    /// [`observe_tensor`](Observer::observe_tensor) for anything that converts into a
+    /// [`TensorView`]: arrays and views of f32, f16, bf16, slices and vectors.
+    fn observe<'a>(&mut self, x: impl Into<TensorView<'a>>) -> Result<()>
+    where
+        Self: Sized,
+    {
+        self.observe_tensor(&x.into())
+    }
+
+    /// Scale and zero point per tensor or channel. With `is_sync_quantize`, first replaces
+    /// `min_val`/`max_val` by their minimum/maximum over the ranks of the process group (every
+    /// rank must call it). An error before any statistics exist.
+    fn qparams(&mut self) -> Result<QParams>;
+
+    /// The running minimum (one value, or one per channel); `None` before any statistics.
+    fn min_val(&self) -> Option<&[f32]>;
+
+    /// The running maximum (one value, or one per channel); `None` before any statistics.
+    fn max_val(&self) -> Option<&[f32]>;
+
+    /// Forgets everything observed; the configuration stays.
+    fn reset(&mut self);
+
+    /// Non-empty batches observed since the last reset.
+    fn batches(&self) -> u64;
+
+    /// The shared parameters.
+    fn quant_config(&self) -> &QuantConfig;
+
+    /// The device the loops run on (never `Auto`: the one chosen).
+    fn device(&self) -> Device;
+
+    /// Moves the observer to `device` (`Auto` picks CUDA when a usable GPU is present). Asking
+    /// for a device that is not usable is an error, and the observer stays where it was.
+    fn set_device(&mut self, device: Device) -> Result<()>;
+
+    /// The process group `is_sync_quantize` reduces over (default: a single rank).
+    fn set_process_group(&mut self, group: Arc<dyn ProcessGroup>);
+}
+
+/// The [`Observer`] methods that only delegate to the shared core (`self.core`).
+macro_rules! delegate_to_core {
+    () => {
+        fn min_val(&self) -> Option<&[f32]> {
+            (!self.core.stats.is_empty()).then_some(&self.core.stats.min_val[..])
+        }
+
+        fn max_val(&self) -> Option<&[f32]> {
+            (!self.core.stats.is_empty()).then_some(&self.core.stats.max_val[..])
+        }
+
+        fn reset(&mut self) {
+            self.core.reset();
+            self.reset_own_state();
+        }
+
+        fn batches(&self) -> u64 {
+            self.core.batches
+        }
+
+        fn quant_config(&self) -> &$crate::config::QuantConfig {
+            &self.core.quant
+        }
+
+        fn device(&self) -> $crate::engine::Device {
+            self.core.engine.device()
+        }
+
+        fn set_device(&mut self, device: $crate::engine::Device) -> $crate::error::Result<()> {
+            self.core.engine = $crate::engine::Engine::new(device)?;
+            Ok(())
+        }
+
+        fn set_process_group(&mut self, group: std::sync::Arc<dyn $crate::sync::ProcessGroup>) {
+            self.core.group = group;
+        }
+    };
+}
+pub(crate) use delegate_to_core;
+
+/// Builds a boxed observer of `kind` from the parameters of every observer (the CLI's view):
+/// each observer takes the ones it has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObserverSpec {
+    /// Which observer.
+    pub kind: ObserverKind,
+    /// The shared parameters (start from [`ObserverKind::default_config`]).
+    pub quant: QuantConfig,
+    /// Histogram bins (Percentile, KL); `None`: the observer's default.
+    pub bins: Option<usize>,
+    /// Percentile (Percentile).
+    pub percentile: Option<f64>,
+    /// Batches per KL window.
+    pub update_interval: Option<usize>,
+    /// MSE candidate stride.
+    pub stride: Option<usize>,
+    /// KL's histogram sync across ranks.
+    pub sync_histograms: bool,
+}
+
+impl ObserverSpec {
+    /// The observer, validated.
+    pub fn build(&self) -> Result<Box<dyn Observer>> {
+        use crate::config::{KlConfig, MseConfig, PercentileConfig};
+        let q = self.quant.clone();
+        let reject = |name: &'static str, given: bool| -> Result<()> {
+            if given {
+                Err(crate::Error::config(name, format!("is not a parameter of {}", self.kind.plugin_name())))
+            } else {
+                Ok(())
+            }
+        };
+        let (bins, pct, ui, stride) =
+            (self.bins.is_some(), self.percentile.is_some(), self.update_interval.is_some(), self.stride.is_some());
+        match self.kind {
+            ObserverKind::Percentile | ObserverKind::Kl => {}
+            _ => reject("bins", bins)?,
+        }
+        if self.kind != ObserverKind::Percentile {
+            reject("percentile", pct)?;
+        }
+        if self.kind != ObserverKind::Kl {
+            reject("update_interval", ui)?;
+            reject("sync_histograms", self.sync_histograms)?;
+        }
+        if self.kind != ObserverKind::Mse {
+            reject("stride", stride)?;
+        }
+        Ok(match self.kind {
+            ObserverKind::MinMax => Box::new(MinMaxObserver::new(q)?),
+            ObserverKind::MovingAverageMinMax => Box::new(MovingAverageMinMaxObserver::new(q)?),
+            ObserverKind::MovingAveragePerChannelMinMax => Box::new(MovingAveragePerChannelMinMaxObserver::new(q)?),
+            ObserverKind::Mix => Box::new(MixObserver::new(q)?),
+            ObserverKind::Percentile => {
+                let d = PercentileConfig::default();
+                Box::new(PercentileObserver::new(PercentileConfig {
+                    percentile: self.percentile.unwrap_or(d.percentile),
+                    bins: self.bins.unwrap_or(d.bins),
+                    quant: q,
+                })?)
+            }
+            ObserverKind::Kl => {
+                let d = KlConfig::default();
+                Box::new(KlObserver::new(KlConfig {
+                    bins: self.bins.unwrap_or(d.bins),
+                    update_interval: self.update_interval.unwrap_or(d.update_interval),
+                    sync_histograms: self.sync_histograms,
+                    quant: q,
+                })?)
+            }
+            ObserverKind::Mse => Box::new(MseObserver::new(MseConfig {
+                stride: self.stride.unwrap_or(MseConfig::default().stride),
+                quant: q,
+            })?),
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! The KL-divergence threshold search of SPEC §4 (KLObserver).
+//!
+//! The plugin evaluates every candidate with a Python loop over all its bins, which is
+//! quadratic in the number of bins. Here the candidates run in parallel, and the levels of a
+//! candidate are summed with prefix sums over the bins (exact integer prefix sums for the counts,
+//! compensated ones for `h ln h`), so a candidate costs one logarithm per level instead of one per
+//! bin. The divergences agree with the direct formula to rounding (the tests compare them), and
+//! the tie rule of the window sums makes the choice independent of that rounding.
+
+use rayon::prelude::*;
+
+/// The first candidate: the histogram cut after bin 128.
+pub const START_BIN: usize = 128;
+/// Divergences per window sum.
+pub const WINDOW: usize = 9;
+/// The edge of the threshold is `k* + EDGE_OFFSET` (the centre of the best window).
+pub const EDGE_OFFSET: usize = 132;
+/// Window sums within this relative distance of the smallest count as tied; the last one wins.
+pub const TIE_RTOL: f64 = 1e-9;
+/// Added to the normalised Q distribution (not renormalised).
+const Q_FLOOR: f64 = 1e-10;
+
+/// The index into the histogram's edges of the KL threshold, `k* + 132`, for the histogram
+/// `hist` and `nq` quantized levels; `None` when no window sum is finite (the histogram has
+/// fewer than 138 bins, is empty, or holds all its mass in its top bins).
+///
+/// ```
+/// use qcalib::search::kl::threshold_index;
+/// // A bell shape over 512 bins: the threshold lands well inside the histogram.
+/// let hist: Vec<u64> = (0..512).map(|b| (1e6 * (-(b as f64 / 60.0).powi(2)).exp()) as u64).collect();
+/// let t = threshold_index(&hist, 128).unwrap();
+/// assert!(t > 132 && t < 512);
+/// ```
+pub fn threshold_index(hist: &[u64], nq: u64) -> Option<usize> {
+    let div = divergences(hist, nq);
+    best_window(&div).map(|k| k + EDGE_OFFSET)
+}
+
+/// The divergence of every candidate `i = 128 ..= hist.len()` (SPEC §4 step 2); `+inf` where it
+/// is undefined (no counts below the cut).
+pub fn divergences(hist: &[u64], nq: u64) -> Vec<f64> {
+    let Some(prefix) = Prefix::new(hist) else { return Vec::new() };
+    (START_BIN..=hist.len())
+        .into_par_iter()
+        .map(|i| if nq >= i as u64 { prefix.divergence_per_bin(i) } else { prefix.divergence_levels(i, nq) })
+        .collect()
+}
+
+/// The largest `k` whose window sum `div[k] + … + div[k + 8]` is within [`TIE_RTOL`] of the
+/// smallest, over `k = 0 ..= div.len() - 11` (the last two divergences are in no window).
+pub fn best_window(div: &[f64]) -> Option<usize> {
+    if div.len() < WINDOW + 2 {
+        return None;
+    }
+    let sums: Vec<f64> = (0..=div.len() - WINDOW - 2).map(|k| div[k..k + WINDOW].iter().sum()).collect();
+    let min = sums.iter().copied().fold(f64::INFINITY, f64::min);
+    if !min.is_finite() {
+        return None;
+    }
+    sums.iter().rposition(|&s| (s - min).abs() <= TIE_RTOL * min.abs())
+}
+
+/// Prefix sums over the histogram, with `h[0]` replaced by `h[1]`.
+struct Prefix {
+    /// The counts, `h[0] = h[1]`.
+    h: Vec<u64>,
+    /// `count[j]` = sum of `h[..j]` (exact).
+    count: Vec<u64>,
+    /// `nonzero[j]` = number of non-empty bins in `h[..j]`.
+    nonzero: Vec<u64>,
+    /// `sum h ln h` over `h[..j]`, compensated: `hlnh[j] + hlnh_err[j]`.
+    hlnh: Vec<f64>,
+    hlnh_err: Vec<f64>,
+    /// The total count `P` and `ln P`.
+    total: f64,
+    ln_total: f64,
+}
+
+impl Prefix {
+    fn new(hist: &[u64]) -> Option<Prefix> {
+        if hist.len() < 2 || hist.len() < START_BIN {
+            return None;
+        }
+        let mut h = hist.to_vec();
+        h[0] = h[1];
+        let n = h.len();
+        let (mut count, mut nonzero) = (vec![0u64; n + 1], vec![0u64; n + 1]);
+        let (mut hlnh, mut hlnh_err) = (vec![0f64; n + 1], vec![0f64; n + 1]);
+        for j in 0..n {
+            count[j + 1] = count[j] + h[j];
+            nonzero[j + 1] = nonzero[j] + (h[j] > 0) as u64;
+            let g = if h[j] > 0 { h[j] as f64 * (h[j] as f64).ln() } else { 0.0 };
+            let (s, e) = two_sum(hlnh[j], g);
+            hlnh[j + 1] = s;
+            hlnh_err[j + 1] = hlnh_err[j] + e;
+        }
+        let total = count[n] as f64;
+        if total == 0.0 {
+            return None;
+        }
+        Some(Prefix { h, count, nonzero, hlnh, hlnh_err, total, ln_total: total.ln() })
+    }
+
+    /// `sum h ln h` over bins `a..b`.
+    fn hlnh_range(&self, a: usize, b: usize) -> f64 {
+        (self.hlnh[b] - self.hlnh[a]) + (self.hlnh_err[b] - self.hlnh_err[a])
+    }
+
+    /// The term of the last source bin `i - 1`, which also takes the outliers.
+    fn last_bin_term(&self, i: usize, q_of_level: f64) -> f64 {
+        let last = self.h[i - 1];
+        let outliers = (self.count[self.h.len()] - self.count[i]) as f64;
+        let p = (last as f64 + outliers) / self.total;
+        if p > 0.0 {
+            let q = if last > 0 { q_of_level } else { 0.0 } + Q_FLOOR;
+            p * (p / q).ln()
+        } else {
+            0.0
+        }
+    }
+
+    /// Candidate `i` with `nq < i` levels: level `m` holds bins `ceil(m * i/nq) .. ceil((m+1) * i/nq)`.
+    fn divergence_levels(&self, i: usize, nq: u64) -> f64 {
+        let below = self.count[i];
+        if below == 0 {
+            return f64::INFINITY;
+        }
+        let below = below as f64;
+        let step = i as f64 / nq as f64;
+        let mut acc = 0.0;
+        let mut q_last = 0.0;
+        let mut b0 = 0usize;
+        for m in 0..nq {
+            let b1 = if m + 1 == nq { i } else { ((m + 1) as f64 * step).ceil() as usize };
+            let members = self.nonzero[b1] - self.nonzero[b0];
+            if members > 0 {
+                let level_total = (self.count[b1] - self.count[b0]) as f64;
+                let q = level_total / members as f64 / below;
+                // Every member bin but the candidate's last one: sum p ln(p / (q + floor)).
+                let end = if b1 == i { i - 1 } else { b1 };
+                let h = (self.count[end] - self.count[b0]) as f64;
+                if h > 0.0 {
+                    let g = self.hlnh_range(b0, end);
+                    acc += (g - h * (self.ln_total + (q + Q_FLOOR).ln())) / self.total;
+                }
+                if b1 == i {
+                    q_last = q;
+                }
+            }
+            b0 = b1;
+        }
+        acc + self.last_bin_term(i, q_last)
+    }
+
+    /// Candidate `i` with `nq >= i`: every source bin is a level of its own.
+    fn divergence_per_bin(&self, i: usize) -> f64 {
+        let below = self.count[i];
+        if below == 0 {
+            return f64::INFINITY;
+        }
+        let below = below as f64;
+        let mut acc = 0.0;
+        for &h in &self.h[..i - 1] {
+            if h > 0 {
+                let p = h as f64 / self.total;
+                let q = h as f64 / below + Q_FLOOR;
+                acc += p * (p / q).ln();
+            }
+        }
+        acc + self.last_bin_term(i, self.h[i - 1] as f64 / below)
+    }
+}
+
+/// Knuth's error-free sum: `a + b = s + e` exactly.
+fn two_sum(a: f64, b: f64) -> (f64, f64) {
+    let s = a + b;
+    let bb = s - a;
+    let e = (a - (s - bb)) + (b - bb);
+    (s, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §4 step 2, literally: build `space`, the levels, P and Q, in f64.
+    pub(crate) fn divergence_direct(hist: &[u64], i: usize, nq: u64) -> f64 {
+        let mut h: Vec<f64> = hist.iter().map(|&c| c as f64).collect();
+        h[0] = h[1];
+        let level: Vec<usize> = if nq >= i as u64 {
+            (0..i).collect()
+        } else {
+            let step = i as f64 / nq as f64;
+            let mut space: Vec<f64> = (0..=nq).map(|m| m as f64 * step).collect();
+            space[nq as usize] = i as f64;
+            (0..i).map(|j| space.iter().filter(|&&s| s <= j as f64).count() - 1).collect()
+        };
+        let levels = level.iter().max().map_or(0, |m| m + 1);
+        let (mut tot, mut mem) = (vec![0f64; levels], vec![0f64; levels]);
+        for j in 0..i {
+            if h[j] > 0.0 {
+                tot[level[j]] += h[j];
+                mem[level[j]] += 1.0;
+            }
+        }
+        let mut q: Vec<f64> =
+            (0..i).map(|j| if h[j] > 0.0 { tot[level[j]] / mem[level[j]] } else { 0.0 }).collect();
+        let mut p: Vec<f64> = h[..i].to_vec();
+        p[i - 1] += h[i..].iter().sum::<f64>();
+        let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
+        p.iter_mut().for_each(|v| *v /= sp);
+        q.iter_mut().for_each(|v| *v = *v / sq + 1e-10);
+        p.iter().zip(&q).filter(|(p, _)| **p > 0.0).map(|(p, q)| p * (p / q).ln()).sum()
+    }
+
+    fn lcg_hist(n: usize, seed: u64, zeros: bool) -> Vec<u64> {
+        let mut s = seed;
+        (0..n)
+            .map(|b| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let noise = (s >> 40) % 50;
+                let base = (2e5 * (-(b as f64) / (n as f64 / 6.0)).exp()) as u64;
+                if zeros && (s >> 20) % 7 == 0 { 0 } else { base + noise }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn levels_match_the_direct_formula() {
+        for (n, nq, zeros) in [(256, 128, false), (512, 128, true), (300, 8, true), (260, 16, false), (257, 32768, true)] {
+            let hist = lcg_hist(n, n as u64 + nq, zeros);
+            let fast = divergences(&hist, nq);
+            for (k, &d) in fast.iter().enumerate() {
+                let want = divergence_direct(&hist, k + START_BIN, nq);
+                assert!((d - want).abs() <= 1e-11 * want.abs().max(1e-3), "n {n} nq {nq} i {}: {d} vs {want}", k + 128);
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_of_tied_windows_wins() {
+        let mut div = vec![1.0; 20];
+        div[3] = 0.0; // windows 0..=3 hold it
+        assert_eq!(best_window(&div), Some(3));
+        assert_eq!(best_window(&[1.0; 10]), None);
+        assert_eq!(best_window(&[f64::INFINITY; 20]), None);
+    }
+
+    #[test]
+    fn mass_only_in_the_top_bins_has_no_finite_window() {
+        let mut hist = vec![0u64; 256];
+        hist[255] = 1000;
+        assert_eq!(threshold_index(&hist, 128), None);
+    }
+}

@@ -1,0 +1,60 @@
+//! Percentile clipping on a histogram of `|x|` (SPEC §4, PercentileObserver and MixObserver).
+
+/// The first bin whose cumulative count is `>= target`, compared exactly as real numbers;
+/// `counts.len()` when no bin reaches it.
+///
+/// ```
+/// use qcalib::search::percentile::first_bin_reaching;
+/// assert_eq!(first_bin_reaching(&[5, 0, 3, 2], 5.0), 0);
+/// assert_eq!(first_bin_reaching(&[5, 0, 3, 2], 5.5), 2);
+/// assert_eq!(first_bin_reaching(&[5, 0, 3, 2], 10.5), 4);
+/// ```
+pub fn first_bin_reaching(counts: &[u64], target: f32) -> usize {
+    let target = target as f64;
+    let mut cum: u64 = 0;
+    for (i, &c) in counts.iter().enumerate() {
+        cum += c;
+        // Exact: cumulative counts stay far below 2^53.
+        if cum as f64 >= target {
+            return i;
+        }
+    }
+    counts.len()
+}
+
+/// The target count of the PercentileObserver: `f32(percentile / 100 * numel)`, the product in
+/// f64.
+pub fn percentile_target(percentile: f64, numel: usize) -> f32 {
+    (percentile / 100.0 * numel as f64) as f32
+}
+
+/// The target count of a MixObserver fraction: `f32(f32(fraction) * f32(numel))`.
+pub fn fraction_target(fraction: f64, numel: usize) -> f32 {
+    fraction as f32 * numel as f32
+}
+
+/// The centre of bin `i` of `bins` bins on `[0, range]`: `f32(f32(i + 0.5) * f32(range / bins))`.
+///
+/// ```
+/// use qcalib::search::percentile::bin_centre;
+/// assert_eq!(bin_centre(0, 4.0, 4), 0.5);
+/// assert_eq!(bin_centre(3, 4.0, 4), 3.5);
+/// ```
+pub fn bin_centre(i: usize, range: f32, bins: usize) -> f32 {
+    let centre = (i as f64 + 0.5) as f32;
+    centre * (range / bins as f32)
+}
+
+/// Clips `(mn, mx)` to `[-clip, clip]` without making a one-sided range two-sided:
+/// `mn' = -clip if -clip > mn else mn`, `mx' = clip if clip < mx else mx`.
+///
+/// ```
+/// use qcalib::search::percentile::clip_range;
+/// assert_eq!(clip_range(-3.0, 5.0, 2.0), (-2.0, 2.0));
+/// assert_eq!(clip_range(0.5, 5.0, 2.0), (0.5, 2.0)); // post-ReLU stays one-sided
+/// ```
+pub fn clip_range(mn: f32, mx: f32, clip: f32) -> (f32, f32) {
+    let lo = if -clip > mn { -clip } else { mn };
+    let hi = if clip < mx { clip } else { mx };
+    (lo, hi)
+}
