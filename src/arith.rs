@@ -74,16 +74,3 @@ pub fn fake_quant_sq_err(x: f32, s: f32, qmin: f32, qmax: f32) -> f64 {
     let d = (fake_quant(x, s, qmin, qmax) - x) as f64;
     d * d
 }
-
-/// **Extension** (SPEC §2, optional): the power-of-two scale the plugin uses for its BERNOULLI
-/// target, `2^-clamp(floor(-log2(scale)), 1, 14)`.
-///
-/// ```
-/// use qcalib::arith::pow2_scale;
-/// assert_eq!(pow2_scale(0.3), 0.25);
-/// assert_eq!(pow2_scale(1e-9), 2f32.powi(-14));
-/// ```
-pub fn pow2_scale(scale: f32) -> f32 {
-    let e = (-(scale as f64).log2()).floor().clamp(1.0, 14.0);
-    (2f64).powf(-e) as f32
-}

@@ -76,9 +76,10 @@ impl FromStr for QuantDType {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        QuantDType::ALL.into_iter().find(|d| d.name() == s).ok_or_else(|| {
-            Error::config("dtype", format!("`{s}` is not one of qint4, quint4, qint8, qint16, qint32"))
-        })
+        QuantDType::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| Error::config("dtype", format!("`{s}` is not one of qint4, quint4, qint8, qint16, qint32")))
     }
 }
 
@@ -122,10 +123,7 @@ impl FromStr for QScheme {
         match s.replace('-', "_").as_str() {
             "per_tensor_symmetric" => Ok(QScheme::PerTensorSymmetric),
             "per_channel_symmetric" => Ok(QScheme::PerChannelSymmetric),
-            _ => Err(Error::config(
-                "qscheme",
-                format!("`{s}` is not per_tensor_symmetric or per_channel_symmetric"),
-            )),
+            _ => Err(Error::config("qscheme", format!("`{s}` is not per_tensor_symmetric or per_channel_symmetric"))),
         }
     }
 }
@@ -159,16 +157,10 @@ impl QuantRange {
             (None, Some(_)) => Err(Error::config("quant_min", "must be given together with quant_max")),
             (Some(qmin), Some(qmax)) => {
                 if qmin >= qmax {
-                    return Err(Error::config(
-                        "quant_min",
-                        format!("{qmin} must be smaller than quant_max {qmax}"),
-                    ));
+                    return Err(Error::config("quant_min", format!("{qmin} must be smaller than quant_max {qmax}")));
                 }
                 if qmin > 0 || qmax < 0 {
-                    return Err(Error::config(
-                        "quant_min",
-                        format!("the range {qmin}..={qmax} must contain 0"),
-                    ));
+                    return Err(Error::config("quant_min", format!("the range {qmin}..={qmax} must contain 0")));
                 }
                 if qmin < lo || qmax > hi {
                     return Err(Error::config(

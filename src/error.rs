@@ -59,6 +59,15 @@ pub enum Error {
     #[error("sync across ranks: {0}")]
     Sync(String),
 
+    /// A calibration file could not be read.
+    #[error("{path}: {reason}")]
+    Input {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A saved observer state could not be used.
     #[error("observer state: {0}")]
     State(String),

@@ -36,11 +36,18 @@
 
 #![warn(missing_docs)]
 
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod arith;
 mod config;
 mod dtype;
 mod engine;
 mod error;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod observer;
 pub mod search;
 pub mod sync;

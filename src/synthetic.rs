@@ -98,7 +98,7 @@ pub fn generate(dist: Distribution, shape: &[usize], seed: u64) -> ArrayD<f32> {
                 Distribution::Gaussian => rng.normal(),
                 Distribution::LaplaceOutliers => {
                     let v = rng.laplace(0.5);
-                    if rng.next_u64() % 10_000 == 0 { v.signum() * (20.0 + 40.0 * rng.uniform()) } else { v }
+                    if rng.next_u64().is_multiple_of(10_000) { v.signum() * (20.0 + 40.0 * rng.uniform()) } else { v }
                 }
                 Distribution::Gelu => {
                     let z = rng.normal();

@@ -47,9 +47,9 @@ impl Engine {
     pub(crate) fn new(device: Device) -> Result<Engine> {
         match device {
             Device::Auto | Device::Cpu => Ok(Engine::Cpu),
-            Device::Cuda(ordinal) => Err(Error::Device(format!(
-                "cuda:{ordinal} was asked for, but this build of qcalib has no CUDA engine"
-            ))),
+            Device::Cuda(ordinal) => {
+                Err(Error::Device(format!("cuda:{ordinal} was asked for, but this build of qcalib has no CUDA engine")))
+            }
         }
     }
 

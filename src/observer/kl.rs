@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{KlConfig, MAX_BINS};
 use crate::error::{Error, Result};
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core};
+use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
 use crate::search::kl::threshold_index;
 use crate::tensor::TensorView;
 
@@ -61,7 +61,7 @@ impl KlWindow {
         if amax > self.top() {
             // Widen, keeping the width: ceil(f32(amax / w)) bins (never fewer than now).
             let wanted = (amax / self.width).ceil();
-            if !(wanted <= MAX_BINS as f32) {
+            if wanted.is_nan() || wanted > MAX_BINS as f32 {
                 return Err(Error::TooLarge(format!(
                     "max |x| = {amax} would widen the KL histogram (bin width {}) to {wanted} bins, more than {MAX_BINS}",
                     self.width
@@ -182,3 +182,5 @@ impl Observer for KlObserver {
 
     delegate_to_core!();
 }
+
+impl_observe!(KlObserver);

@@ -4,7 +4,7 @@
 use crate::config::QuantConfig;
 use crate::error::Result;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core};
+use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
 use crate::tensor::TensorView;
 
 /// One batch of any of the three: extremes per tensor or channel, then the update rule.
@@ -39,6 +39,8 @@ macro_rules! min_max_observer {
 
             fn reset_own_state(&mut self) {}
         }
+
+        impl_observe!($name);
 
         impl Observer for $name {
             fn kind(&self) -> ObserverKind {

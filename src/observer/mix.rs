@@ -5,7 +5,7 @@ use crate::arith;
 use crate::config::QuantConfig;
 use crate::error::Result;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core};
+use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
 use crate::search::candidates::{TieBreak, pick_smallest};
 use crate::search::percentile::{bin_centre, clip_range, first_bin_reaching, fraction_target};
 use crate::tensor::TensorView;
@@ -82,3 +82,5 @@ impl Observer for MixObserver {
 
     delegate_to_core!();
 }
+
+impl_observe!(MixObserver);

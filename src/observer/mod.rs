@@ -142,18 +142,10 @@ pub trait Observer: Send + fmt::Debug {
     /// Which observer this is.
     fn kind(&self) -> ObserverKind;
 
-    /// Observes one batch. An empty tensor is a no-op; on error (NaN/inf, a wrong `ch_axis`, a
+    /// Observes one batch (every observer type, and `dyn Observer`, also has an `observe` method
+    /// that takes anything convertible into a [`TensorView`]). An empty tensor is a no-op; on error (NaN/inf, a wrong `ch_axis`, a
     /// changed channel count, a device failure) the state is unchanged.
     fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()>;
-
-    /// [`observe_tensor`](Observer::observe_tensor) for anything that converts into a
-    /// [`TensorView`]: arrays and views of f32, f16, bf16, slices and vectors.
-    fn observe<'a>(&mut self, x: impl Into<TensorView<'a>>) -> Result<()>
-    where
-        Self: Sized,
-    {
-        self.observe_tensor(&x.into())
-    }
 
     /// Scale and zero point per tensor or channel. With `is_sync_quantize`, first replaces
     /// `min_val`/`max_val` by their minimum/maximum over the ranks of the process group (every
@@ -185,6 +177,40 @@ pub trait Observer: Send + fmt::Debug {
     /// The process group `is_sync_quantize` reduces over (default: a single rank).
     fn set_process_group(&mut self, group: Arc<dyn ProcessGroup>);
 }
+
+impl dyn Observer + '_ {
+    /// Observes one batch: [`Observer::observe_tensor`] for anything that converts into a
+    /// [`TensorView`] (arrays and views of f32, f16, bf16, slices, vectors).
+    ///
+    /// ```
+    /// use qcalib::{ObserverKind, ObserverSpec};
+    /// let kind = ObserverKind::Mse;
+    /// let spec = ObserverSpec { kind, quant: kind.default_config(), bins: None, percentile: None,
+    ///                           update_interval: None, stride: Some(5), sync_histograms: false };
+    /// let mut obs = spec.build()?;
+    /// obs.observe(&vec![1.0f32, -0.5, 0.25])?;
+    /// assert_eq!(obs.batches(), 1);
+    /// # Ok::<(), qcalib::Error>(())
+    /// ```
+    pub fn observe<'a>(&mut self, x: impl Into<TensorView<'a>>) -> Result<()> {
+        self.observe_tensor(&x.into())
+    }
+}
+
+/// `observe`, the convenient form of [`Observer::observe_tensor`], on an observer type.
+macro_rules! impl_observe {
+    ($name:ident) => {
+        impl $name {
+            /// Observes one batch: [`Observer::observe_tensor`] for anything that converts into
+            /// a [`TensorView`](crate::TensorView) (arrays and views of f32, f16, bf16, slices,
+            /// vectors).
+            pub fn observe<'a>(&mut self, x: impl Into<$crate::tensor::TensorView<'a>>) -> $crate::error::Result<()> {
+                $crate::observer::Observer::observe_tensor(self, &x.into())
+            }
+        }
+    };
+}
+pub(crate) use impl_observe;
 
 /// The [`Observer`] methods that only delegate to the shared core (`self.core`).
 macro_rules! delegate_to_core {

@@ -5,7 +5,7 @@ use crate::arith;
 use crate::config::MseConfig;
 use crate::error::Result;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core};
+use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
 use crate::search::candidates::{TieBreak, mse_candidates, pick_smallest};
 use crate::tensor::TensorView;
 
@@ -90,3 +90,5 @@ impl Observer for MseObserver {
 
     delegate_to_core!();
 }
+
+impl_observe!(MseObserver);

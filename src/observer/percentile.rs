@@ -4,7 +4,7 @@
 use crate::config::PercentileConfig;
 use crate::error::Result;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core};
+use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
 use crate::search::percentile::{bin_centre, clip_range, first_bin_reaching, percentile_target};
 use crate::tensor::TensorView;
 
@@ -33,7 +33,11 @@ impl PercentileObserver {
     /// The observer with `config`.
     pub fn new(config: PercentileConfig) -> Result<Self> {
         let range = config.validate()?;
-        Ok(PercentileObserver { core: Core::new(config.quant, range)?, percentile: config.percentile, bins: config.bins })
+        Ok(PercentileObserver {
+            core: Core::new(config.quant, range)?,
+            percentile: config.percentile,
+            bins: config.bins,
+        })
     }
 
     /// The configuration.
@@ -70,3 +74,5 @@ impl Observer for PercentileObserver {
 
     delegate_to_core!();
 }
+
+impl_observe!(PercentileObserver);

@@ -203,8 +203,7 @@ mod tests {
                 mem[level[j]] += 1.0;
             }
         }
-        let mut q: Vec<f64> =
-            (0..i).map(|j| if h[j] > 0.0 { tot[level[j]] / mem[level[j]] } else { 0.0 }).collect();
+        let mut q: Vec<f64> = (0..i).map(|j| if h[j] > 0.0 { tot[level[j]] / mem[level[j]] } else { 0.0 }).collect();
         let mut p: Vec<f64> = h[..i].to_vec();
         p[i - 1] += h[i..].iter().sum::<f64>();
         let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
@@ -220,14 +219,16 @@ mod tests {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let noise = (s >> 40) % 50;
                 let base = (2e5 * (-(b as f64) / (n as f64 / 6.0)).exp()) as u64;
-                if zeros && (s >> 20) % 7 == 0 { 0 } else { base + noise }
+                if zeros && (s >> 20).is_multiple_of(7) { 0 } else { base + noise }
             })
             .collect()
     }
 
     #[test]
     fn levels_match_the_direct_formula() {
-        for (n, nq, zeros) in [(256, 128, false), (512, 128, true), (300, 8, true), (260, 16, false), (257, 32768, true)] {
+        for (n, nq, zeros) in
+            [(256, 128, false), (512, 128, true), (300, 8, true), (260, 16, false), (257, 32768, true)]
+        {
             let hist = lcg_hist(n, n as u64 + nq, zeros);
             let fast = divergences(&hist, nq);
             for (k, &d) in fast.iter().enumerate() {

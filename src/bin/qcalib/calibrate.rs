@@ -6,9 +6,9 @@ use std::io::IsTerminal;
 
 use qcalib::Observer;
 
-use crate::input::{Batch, read_batch};
 use crate::report::{Report, TensorReport};
 use crate::{CalibrateArgs, Format};
+use qcalib::io::{Batch, read_batch};
 
 /// Files from which a progress bar is drawn (when stderr is a terminal).
 const PROGRESS_FROM: usize = 8;
@@ -29,7 +29,7 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
     let mut named: BTreeMap<String, Box<dyn Observer>> = BTreeMap::new();
     for path in &args.files {
         let at = |e: String| format!("{}: {e}", path.display());
-        match read_batch(path).map_err(at)? {
+        match read_batch(path).map_err(|e| e.to_string())? {
             Batch::Single(t) => {
                 if !named.is_empty() {
                     return Err(at("a .npy batch among .safetensors batches".into()));
@@ -67,7 +67,9 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
             named
                 .into_iter()
                 .map(|(name, mut obs)| {
-                    TensorReport::of(obs.as_mut()).map(|r| (name.clone(), r)).map_err(|e| format!("tensor {name:?}: {e}"))
+                    TensorReport::of(obs.as_mut())
+                        .map(|r| (name.clone(), r))
+                        .map_err(|e| format!("tensor {name:?}: {e}"))
                 })
                 .collect::<Result<_, _>>()?,
         ),

@@ -29,10 +29,8 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
             _ => ((0..BATCHES as u64).map(|b| generate(dist, &[per_batch / 64, 64], 100 + b)).collect(), false),
         };
         for kind in ObserverKind::ALL {
-            let channel_ok = matches!(
-                kind,
-                ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse
-            );
+            let channel_ok =
+                matches!(kind, ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse);
             if kind == ObserverKind::MovingAveragePerChannelMinMax && !per_channel {
                 continue;
             }

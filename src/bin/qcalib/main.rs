@@ -3,7 +3,6 @@
 
 mod calibrate;
 mod demo;
-mod input;
 mod report;
 
 use std::process::ExitCode;

@@ -111,7 +111,7 @@ impl Reducer for HistogramReducer {
         if x.is_empty() {
             return;
         }
-        if !(self.hi > 0.0) {
+        if self.hi <= 0.0 {
             // hi == lo == 0: an all-zero range; zeros count in bin 0, anything else is outside.
             part.counts[(c - part.first) * self.bins] += x.iter().filter(|v| **v == 0.0).count() as u64;
             return;

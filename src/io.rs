@@ -1,17 +1,33 @@
-//! Reading calibration batches: `.npy` (one tensor) and `.safetensors` (named tensors).
+//! Reading calibration batches from files: `.npy` (one tensor, f32 or f16, C or Fortran order)
+//! and `.safetensors` (named tensors of F32, F16 or BF16).
+//!
+//! ```no_run
+//! use qcalib::io::{read_batch, Batch};
+//! use qcalib::{MinMaxObserver, Observer, QuantConfig};
+//! let mut obs = MinMaxObserver::new(QuantConfig::default())?;
+//! if let Batch::Single(t) = read_batch("activations.b0.npy".as_ref())? {
+//!     obs.observe_tensor(&t.view())?;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::error::{Error, Result};
+use crate::tensor::TensorView;
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
-use qcalib::TensorView;
 
 /// A tensor read from a file.
+#[derive(Clone, Debug)]
 pub enum OwnedTensor {
+    /// f32 values.
     F32(ArrayD<f32>),
+    /// f16 values.
     F16(ArrayD<f16>),
+    /// bf16 values.
     BF16(ArrayD<bf16>),
 }
 
@@ -27,6 +43,7 @@ impl OwnedTensor {
 }
 
 /// One calibration batch.
+#[derive(Clone, Debug)]
 pub enum Batch {
     /// A `.npy` file: one tensor.
     Single(OwnedTensor),
@@ -34,14 +51,22 @@ pub enum Batch {
     Named(Vec<(String, OwnedTensor)>),
 }
 
-/// Reads one batch; the file's extension says which format.
-pub fn read_batch(path: &Path) -> Result<Batch, String> {
+/// Reads one batch; the file's extension (`.npy`, `.safetensors`) says which format. Every
+/// problem (unreadable, truncated, malformed, an unsupported dtype) is an [`Error::Input`]
+/// naming the file.
+pub fn read_batch(path: &Path) -> Result<Batch> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    match ext {
+    let read = match ext {
         "npy" => read_npy(path).map(Batch::Single),
         "safetensors" => read_safetensors(path).map(Batch::Named),
         _ => Err("not a .npy or .safetensors file".into()),
-    }
+    };
+    read.map_err(|reason| Error::Input { path: path.display().to_string(), reason })
+}
+
+/// Reads a `.npy` file: one tensor.
+pub fn read_npy_file(path: &Path) -> Result<OwnedTensor> {
+    read_npy(path).map_err(|reason| Error::Input { path: path.display().to_string(), reason })
 }
 
 /// The fields of a `.npy` header that matter here.
@@ -51,7 +76,7 @@ struct NpyHeader {
     shape: Vec<usize>,
 }
 
-fn read_npy(path: &Path) -> Result<OwnedTensor, String> {
+fn read_npy(path: &Path) -> std::result::Result<OwnedTensor, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut r = BufReader::new(file);
@@ -85,7 +110,11 @@ fn read_npy(path: &Path) -> Result<OwnedTensor, String> {
     let (item, kind) = match h.descr.as_str() {
         "<f4" | "=f4" => (4, "f32"),
         "<f2" | "=f2" | "|f2" => (2, "f16"),
-        d => return Err(format!("unsupported dtype {d:?}: qcalib reads little-endian float32 ('<f4') and float16 ('<f2')")),
+        d => {
+            return Err(format!(
+                "unsupported dtype {d:?}: qcalib reads little-endian float32 ('<f4') and float16 ('<f2')"
+            ));
+        }
     };
     let data_len = (file_len - (prefix + header_len) as u64) as usize;
     let want = numel.checked_mul(item).ok_or("the shape overflows")?;
@@ -113,8 +142,8 @@ fn read_npy(path: &Path) -> Result<OwnedTensor, String> {
 }
 
 /// Parses `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
-fn parse_npy_header(h: &str) -> Result<NpyHeader, String> {
-    let field = |key: &str| -> Result<&str, String> {
+fn parse_npy_header(h: &str) -> std::result::Result<NpyHeader, String> {
+    let field = |key: &str| -> std::result::Result<&str, String> {
         let at = h.find(&format!("'{key}'")).ok_or(format!("the .npy header has no '{key}'"))?;
         let rest = &h[at + key.len() + 2..];
         let colon = rest.find(':').ok_or(format!("malformed '{key}' in the .npy header"))?;
@@ -128,20 +157,18 @@ fn parse_npy_header(h: &str) -> Result<NpyHeader, String> {
         .to_string();
     let fortran_order = field("fortran_order")?.starts_with("True");
     let shape = field("shape")?;
-    let shape = shape
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or("malformed 'shape' in the .npy header")?;
+    let shape =
+        shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape' in the .npy header")?;
     let shape = shape
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension {s:?} in the .npy header")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(NpyHeader { descr, fortran_order, shape })
 }
 
-fn read_safetensors(path: &Path) -> Result<Vec<(String, OwnedTensor)>, String> {
+fn read_safetensors(path: &Path) -> std::result::Result<Vec<(String, OwnedTensor)>, String> {
     use safetensors::{Dtype, SafeTensors};
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("not a valid .safetensors file: {e}"))?;
@@ -153,9 +180,15 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, OwnedTensor)>, String> {
         let shape = IxDyn(t.shape());
         let bad = |e: ndarray::ShapeError| format!("tensor {name:?}: {e}");
         let tensor = match t.dtype() {
-            Dtype::F32 => OwnedTensor::F32(ArrayD::from_shape_vec(shape, bytemuck::pod_collect_to_vec(t.data())).map_err(bad)?),
-            Dtype::F16 => OwnedTensor::F16(ArrayD::from_shape_vec(shape, bytemuck::pod_collect_to_vec(t.data())).map_err(bad)?),
-            Dtype::BF16 => OwnedTensor::BF16(ArrayD::from_shape_vec(shape, bytemuck::pod_collect_to_vec(t.data())).map_err(bad)?),
+            Dtype::F32 => {
+                OwnedTensor::F32(ArrayD::from_shape_vec(shape, bytemuck::pod_collect_to_vec(t.data())).map_err(bad)?)
+            }
+            Dtype::F16 => {
+                OwnedTensor::F16(ArrayD::from_shape_vec(shape, bytemuck::pod_collect_to_vec(t.data())).map_err(bad)?)
+            }
+            Dtype::BF16 => {
+                OwnedTensor::BF16(ArrayD::from_shape_vec(shape, bytemuck::pod_collect_to_vec(t.data())).map_err(bad)?)
+            }
             d => return Err(format!("tensor {name:?} has dtype {d:?}: qcalib reads F32, F16 and BF16")),
         };
         out.push((name, tensor));
