@@ -1,5 +1,6 @@
-//! Engines: where the heavy loops over a tensor run. Observers ask an [`Engine`] for three
-//! statistics, per tensor or per channel, and do the small math on the results themselves:
+//! Engines: where the heavy loops over a tensor run. An observer first [`Engine::load`]s a batch
+//! (free on the CPU; one upload per batch on a GPU), then asks for up to three statistics of it,
+//! per tensor or per channel, and does the small math on the results itself:
 //!
 //! - the extremes (min, max, count of non-finite values),
 //! - the histogram of `|x|` (SPEC §5),
@@ -34,6 +35,22 @@ impl Extremes {
     }
 }
 
+/// A batch as an engine holds it while an observer works on it.
+#[derive(Debug)]
+pub(crate) enum Loaded<'a> {
+    /// A host tensor (a view: the CPU engine reads the data where it is).
+    Host(TensorView<'a>),
+}
+
+impl Loaded<'_> {
+    /// The number of elements.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Loaded::Host(x) => x.len(),
+        }
+    }
+}
+
 /// The engine an observer runs its loops on.
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Engine {
@@ -60,17 +77,24 @@ impl Engine {
         }
     }
 
-    /// Per-channel min/max and the non-finite count (`axis = None`: per-tensor).
-    pub(crate) fn extremes(&self, x: &TensorView<'_>, axis: Option<usize>) -> Result<Extremes> {
+    /// Makes `x` ready for this engine's loops (once per batch).
+    pub(crate) fn load<'a>(&self, x: &TensorView<'a>) -> Result<Loaded<'a>> {
         match self {
-            Engine::Cpu => Ok(cpu::extremes(x, axis)),
+            Engine::Cpu => Ok(Loaded::Host(x.clone())),
+        }
+    }
+
+    /// Per-channel min/max and the non-finite count (`axis = None`: per-tensor).
+    pub(crate) fn extremes(&self, x: &Loaded<'_>, axis: Option<usize>) -> Result<Extremes> {
+        match (self, x) {
+            (Engine::Cpu, Loaded::Host(x)) => Ok(cpu::extremes(x, axis)),
         }
     }
 
     /// The histogram of `|x|`, `bins` bins on `[0, hi]`; `hi = 0` counts zeros in bin 0.
-    pub(crate) fn abs_histogram(&self, x: &TensorView<'_>, bins: usize, hi: f32) -> Result<Vec<u64>> {
-        match self {
-            Engine::Cpu => Ok(cpu::abs_histogram(x, bins, hi)),
+    pub(crate) fn abs_histogram(&self, x: &Loaded<'_>, bins: usize, hi: f32) -> Result<Vec<u64>> {
+        match (self, x) {
+            (Engine::Cpu, Loaded::Host(x)) => Ok(cpu::abs_histogram(x, bins, hi)),
         }
     }
 
@@ -78,15 +102,15 @@ impl Engine {
     /// `scales` (`[k][channels]`, every scale > 0).
     pub(crate) fn fake_quant_errors(
         &self,
-        x: &TensorView<'_>,
+        x: &Loaded<'_>,
         axis: Option<usize>,
         scales: &[f32],
         k: usize,
         qmin: f32,
         qmax: f32,
     ) -> Result<Vec<f64>> {
-        match self {
-            Engine::Cpu => Ok(cpu::fake_quant_errors(x, axis, scales, k, qmin, qmax)),
+        match (self, x) {
+            (Engine::Cpu, Loaded::Host(x)) => Ok(cpu::fake_quant_errors(x, axis, scales, k, qmin, qmax)),
         }
     }
 }

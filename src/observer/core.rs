@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::arith;
 use crate::config::QuantConfig;
 use crate::dtype::QuantRange;
-use crate::engine::{Device, Engine, Extremes};
+use crate::engine::{Device, Engine, Extremes, Loaded};
 use crate::error::{Error, Result};
 use crate::observer::QParams;
 use crate::sync::{ProcessGroup, ReduceOp, SingleRank};
@@ -71,7 +71,7 @@ impl Core {
     }
 
     /// The finite extremes of `x` (an error when it holds NaN or infinity).
-    pub(crate) fn extremes(&self, x: &TensorView<'_>, axis: Option<usize>) -> Result<Extremes> {
+    pub(crate) fn extremes(&self, x: &Loaded<'_>, axis: Option<usize>) -> Result<Extremes> {
         let e = self.engine.extremes(x, axis)?;
         e.check_finite()?;
         Ok(e)

@@ -160,11 +160,12 @@ impl Observer for KlObserver {
         if x.is_empty() {
             return Ok(());
         }
-        let e = self.core.extremes(x, None)?;
+        let x = self.core.engine.load(x)?;
+        let e = self.core.extremes(&x, None)?;
         let amax = if -e.min[0] > e.max[0] { -e.min[0] } else { e.max[0] };
         let mut window = self.window.clone();
         let engine = &self.core.engine;
-        window.add(self.bins, amax, x.len(), |bins, hi| engine.abs_histogram(x, bins, hi))?;
+        window.add(self.bins, amax, x.len(), |bins, hi| engine.abs_histogram(&x, bins, hi))?;
         window.step += 1;
         if window.step == self.update_interval {
             let amax_kl = window.threshold(self.core.quant.dtype.kl_levels());

@@ -13,7 +13,8 @@ fn observe_min_max(core: &mut Core, x: &TensorView<'_>) -> Result<()> {
         return Ok(());
     }
     let axis = core.channel_axis(x)?;
-    let e = core.extremes(x, axis)?;
+    let x = core.engine.load(x)?;
+    let e = core.extremes(&x, axis)?;
     core.update(&e.min, &e.max);
     core.batches += 1;
     Ok(())

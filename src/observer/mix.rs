@@ -55,10 +55,11 @@ impl Observer for MixObserver {
         if x.is_empty() {
             return Ok(());
         }
-        let e = self.core.extremes(x, None)?;
+        let x = self.core.engine.load(x)?;
+        let e = self.core.extremes(&x, None)?;
         let (mn, mx) = (e.min[0], e.max[0]);
         let range = if -mn > mx { -mn } else { mx };
-        let hist = self.core.engine.abs_histogram(x, MIX_BINS, range)?;
+        let hist = self.core.engine.abs_histogram(&x, MIX_BINS, range)?;
         let mut bins: Vec<usize> =
             MIX_FRACTIONS.iter().map(|&f| first_bin_reaching(&hist, fraction_target(f, x.len()))).collect();
         bins.sort_unstable();
@@ -67,7 +68,7 @@ impl Observer for MixObserver {
             bins.iter().map(|&i| clip_range(mn, mx, bin_centre(i, range, MIX_BINS))).collect();
         let scales: Vec<f32> = ranges.iter().map(|&(lo, hi)| arith::scale(lo, hi, &self.core.range)).collect();
         let r = self.core.range;
-        let sums = self.core.engine.fake_quant_errors(x, None, &scales, scales.len(), r.min_f32(), r.max_f32())?;
+        let sums = self.core.engine.fake_quant_errors(&x, None, &scales, scales.len(), r.min_f32(), r.max_f32())?;
         let errors: Vec<f64> = sums.iter().map(|s| s.sqrt()).collect();
         let best = pick_smallest(&errors, TieBreak::First).unwrap_or(0);
         let (lo, hi) = ranges[best];

@@ -57,7 +57,8 @@ impl Observer for MseObserver {
             return Ok(());
         }
         let axis = self.core.channel_axis(x)?;
-        let e = self.core.extremes(x, axis)?;
+        let x = self.core.engine.load(x)?;
+        let e = self.core.extremes(&x, axis)?;
         let channels = e.min.len();
         let candidates = mse_candidates(self.stride);
         let divisor = self.core.range.scale_divisor();
@@ -70,7 +71,7 @@ impl Observer for MseObserver {
             .collect();
         let r = self.core.range;
         let k = candidates.len();
-        let sums = self.core.engine.fake_quant_errors(x, axis, &scales, k, r.min_f32(), r.max_f32())?;
+        let sums = self.core.engine.fake_quant_errors(&x, axis, &scales, k, r.min_f32(), r.max_f32())?;
         let (mut lo, mut hi) = (Vec::with_capacity(channels), Vec::with_capacity(channels));
         for c in 0..channels {
             let errors: Vec<f64> = (0..k).map(|kk| sums[kk * channels + c].sqrt()).collect();

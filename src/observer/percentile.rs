@@ -57,10 +57,11 @@ impl Observer for PercentileObserver {
         if x.is_empty() {
             return Ok(());
         }
-        let e = self.core.extremes(x, None)?;
+        let x = self.core.engine.load(x)?;
+        let e = self.core.extremes(&x, None)?;
         let (mn, mx) = (e.min[0], e.max[0]);
         let range = if -mn > mx { -mn } else { mx };
-        let hist = self.core.engine.abs_histogram(x, self.bins, range)?;
+        let hist = self.core.engine.abs_histogram(&x, self.bins, range)?;
         let i = first_bin_reaching(&hist, percentile_target(self.percentile, x.len()));
         let (lo, hi) = clip_range(mn, mx, bin_centre(i, range, self.bins));
         self.core.update(&[lo], &[hi]);
