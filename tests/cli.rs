@@ -1,17 +1,19 @@
 //! The `qcalib` command line: outputs, inputs and errors.
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
 fn qcalib(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qcalib")).args(args).output().expect("run qcalib")
+    Command::new(common::qcalib_bin()).args(args).output().expect("run qcalib")
 }
 
 fn golden(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(name).display().to_string()
+    common::fixtures().join(name).display().to_string()
 }
 
 /// A fresh directory for one test's files.

@@ -4,11 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{KlConfig, MAX_BINS};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
-use crate::search::kl::threshold_index;
-use crate::tensor::TensorView;
 
 /// The histogram of the current KL window.
 ///
@@ -79,15 +79,16 @@ impl KlWindow {
     }
 
     /// The KL threshold of the window (SPEC §4): the edge `k* + 132`, the top edge when no
-    /// window sum is finite, and 0 when the range never started (all batches were zeros).
-    fn threshold(&self, levels: u64) -> f32 {
+    /// window sum is finite, and 0 when the range never started (all batches were zeros). The
+    /// search runs on `engine`.
+    fn threshold(&self, engine: &Engine, levels: u64) -> Result<f32> {
         if self.edges.is_empty() {
-            return 0.0;
+            return Ok(0.0);
         }
-        match threshold_index(&self.hist, levels) {
+        Ok(match engine.kl_threshold_index(&self.hist, levels)? {
             Some(t) => self.edges[t.min(self.edges.len() - 1)],
             None => self.top(),
-        }
+        })
     }
 }
 
@@ -156,7 +157,7 @@ impl Observer for KlObserver {
         ObserverKind::Kl
     }
 
-    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+    fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
         if x.is_empty() {
             return Ok(());
         }
@@ -168,7 +169,7 @@ impl Observer for KlObserver {
         window.add(self.bins, amax, x.len(), |bins, hi| engine.abs_histogram(&x, bins, hi))?;
         window.step += 1;
         if window.step == self.update_interval {
-            let amax_kl = window.threshold(self.core.quant.dtype.kl_levels());
+            let amax_kl = window.threshold(&self.core.engine, self.core.quant.dtype.kl_levels())?;
             self.core.update(&[-amax_kl], &[amax_kl]);
             window = KlWindow::default();
         }

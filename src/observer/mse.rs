@@ -4,10 +4,10 @@
 use crate::arith;
 use crate::config::MseConfig;
 use crate::error::Result;
+use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
 use crate::search::candidates::{TieBreak, mse_candidates, pick_smallest};
-use crate::tensor::TensorView;
 
 /// `MSEObserver`: per batch, the candidates `(mn * f_i, mx * f_i)` with `f_i = 1 - 0.01 i`,
 /// `i = 0, stride, … < 95`, are fake-quantized against the tensor (or each channel); the one with
@@ -52,7 +52,7 @@ impl Observer for MseObserver {
         ObserverKind::Mse
     }
 
-    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+    fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
         if x.is_empty() {
             return Ok(());
         }
