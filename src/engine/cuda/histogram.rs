@@ -29,8 +29,8 @@ pub(crate) const MAX_SHARED_BINS: usize = 48 * 1024 / 4;
 /// Values a block aims to count.
 const ELEMS_PER_BLOCK: u64 = 64 * 1024;
 
-/// The most values one block counts (its u32 counters cannot overflow).
-const MAX_ELEMS_PER_BLOCK: u64 = 1 << 31;
+/// The most values one block is given (far below 2^32: its u32 counters cannot overflow).
+const MAX_ELEMS_PER_BLOCK: u64 = 1 << 30;
 
 /// The histogram of `|x|`, `bins` bins on `[0, hi]` (`hi <= 0`: zeros in bin 0), left on the
 /// device in a zero-initialised buffer of `bins` u64.
@@ -63,7 +63,9 @@ fn launch<T>(
 ) -> Result<(), GpuError> {
     let n = x.len() as u64;
     let blocks = n.div_ceil(ELEMS_PER_BLOCK).clamp(1, 8 * gpu.sms).max(n.div_ceil(MAX_ELEMS_PER_BLOCK)).min(MAX_GRID_X);
-    if n.div_ceil(blocks * u64::from(BLOCK_THREADS)) * u64::from(BLOCK_THREADS) > MAX_ELEMS_PER_BLOCK {
+    // A thread takes at most ceil(n / threads) values, plus up to 8 of a last 16-byte load and
+    // one each of the head and the tail: a block stays far below 2^32 values.
+    if (n.div_ceil(blocks * u64::from(BLOCK_THREADS)) + 10) * u64::from(BLOCK_THREADS) > 2 * MAX_ELEMS_PER_BLOCK {
         return Err(GpuError::TooLarge(format!("{n} elements")));
     }
     // f64(1 / hi): the kernel's division (see kernels/histogram.cu).
