@@ -3,7 +3,8 @@
 //
 //   g++ -std=c++20 -O2 -ffp-contract=off -pthread -Ikernels kernels/emu/kernel_test.cpp && ./a.out
 //
-// (scripts/kernel-emu-test.sh does this.) Exits non-zero on the first mismatch.
+// (.ci/run does this, with --quick: without the 2^20 + 3 element cases.) Exits non-zero on the
+// first mismatch.
 #include "emu.h"
 
 #include "../extremes.cu"
