@@ -162,7 +162,7 @@ fn generate(n: usize) -> Vec<f32> {
         let mut rng = Rng::new(0x5EED ^ i as u64);
         for v in chunk {
             let x = rng.laplace(0.5);
-            *v = if rng.next_u64() % 100_000 == 0 { (x * 40.0) as f32 } else { x as f32 };
+            *v = if rng.next_u64().is_multiple_of(100_000) { (x * 40.0) as f32 } else { x as f32 };
         }
     });
     data
