@@ -6,6 +6,7 @@ mod histogram;
 mod min_max;
 pub(crate) mod simd;
 mod walk;
+pub(crate) mod widen;
 
 use crate::engine::Extremes;
 use crate::tensor::{HostLayout, TensorView, with_view};
