@@ -642,10 +642,19 @@ mod processes {
                 )
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(500)); // step 1 done; the victim waits for its pipe
+        // Opening the pipe for writing returns once the victim opens it for reading (after step 1,
+        // so every rank has joined); the victim then waits for data that never comes.
+        let (opened, wait_open) = std::sync::mpsc::channel();
+        let pipe = fifo.clone();
+        std::thread::spawn(move || {
+            let writer = std::fs::OpenOptions::new().write(true).open(pipe);
+            let _ = opened.send(writer);
+        });
+        let writer = wait_open.recv_timeout(PATIENT).expect("the victim never opened its pipe");
         let (_, mut child) = children.remove(victim);
         child.kill().unwrap();
         let _ = child.wait();
+        drop(writer);
         let outs: Vec<(usize, Output)> =
             children.into_iter().map(|(r, c)| (r, c.wait_with_output().unwrap())).collect();
         let took = start.elapsed();
@@ -714,6 +723,49 @@ mod processes {
         )));
         let plain = json(&single_rank(&calibrate("kl", &[], &[a])));
         assert_eq!(o, plain);
+    }
+
+    fn write_safetensors(path: &Path, tensors: &[(&str, Vec<f32>)]) {
+        use safetensors::tensor::{Dtype, TensorView};
+        let bytes: Vec<Vec<u8>> =
+            tensors.iter().map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let views: Vec<(&str, TensorView<'_>)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((name, v), b)| (*name, TensorView::new(Dtype::F32, vec![v.len()], b).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    #[test]
+    fn safetensors_ranks_sync_every_tensor_and_must_hold_the_same_names() {
+        let dir = scratch("safetensors");
+        let files: Vec<PathBuf> = (0..2)
+            .map(|r| {
+                let f = dir.join(format!("r{r}.safetensors"));
+                let scale = 1.0 + r as f32;
+                write_safetensors(
+                    &f,
+                    &[
+                        ("w", random_values(500, r).iter().map(|x| x * scale).collect()),
+                        ("act", random_values(700, 10 + r).iter().map(|x| x / scale).collect()),
+                    ],
+                );
+                f
+            })
+            .collect();
+        let extra = ["--is-sync-quantize", "--sync-histograms"];
+        let args: Vec<Vec<String>> = files.iter().map(|f| calibrate("kl", &extra, std::slice::from_ref(f))).collect();
+        let outs: Vec<serde_json::Value> = run_ranks(&args, 30.0).iter().map(json).collect();
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0].as_object().map(|o| o.len()), Some(2));
+
+        let other = dir.join("other.safetensors");
+        write_safetensors(&other, &[("w", vec![1.0, 2.0])]);
+        let args = vec![args[0].clone(), calibrate("kl", &extra, &[other])];
+        for o in run_ranks(&args, 30.0) {
+            assert!(stderr(&o).contains("the ranks hold different tensors at step 1"), "{}", stderr(&o));
+        }
     }
 
     #[test]

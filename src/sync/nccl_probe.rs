@@ -93,15 +93,16 @@ fn probe(ordinal: usize) -> Result<NcclInfo, String> {
 }
 
 /// An NCCL error as text: its code, NCCL's description of the code, and NCCL's last message.
-/// Only for errors NCCL returned (the library is loaded then).
+/// Only for errors NCCL returned (the library is loaded then); an NCCL too old to have
+/// `ncclGetLastError` (cudarc panics on a missing symbol) gives the code alone.
 pub(crate) fn nccl_error_text(e: &NcclError) -> String {
-    // SAFETY: both return pointers to static NUL-terminated strings, or NULL; ncclGetLastError's
-    // communicator argument is unused ("can be set to NULL" in NCCL's documentation).
-    let (code, last) = unsafe { (nccl_sys::ncclGetErrorString(e.0), nccl_sys::ncclGetLastError(std::ptr::null_mut())) };
     let text = |p: *const std::ffi::c_char| {
-        // SAFETY: non-NULL pointers from NCCL point to NUL-terminated strings.
+        // SAFETY: non-NULL pointers from NCCL point to static NUL-terminated strings.
         if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() }
     };
-    let (code, last) = (text(code), text(last));
+    // SAFETY: both return pointers to static strings, or NULL; ncclGetLastError's communicator
+    // argument is unused ("can be set to NULL" in NCCL's documentation).
+    let code = catch_unwind(|| text(unsafe { nccl_sys::ncclGetErrorString(e.0) })).unwrap_or_default();
+    let last = catch_unwind(|| text(unsafe { nccl_sys::ncclGetLastError(std::ptr::null_mut()) })).unwrap_or_default();
     if last.is_empty() { format!("{:?} ({code})", e.0) } else { format!("{:?} ({code}): {last}", e.0) }
 }

@@ -128,13 +128,15 @@ impl Shared {
             Some(part);
         self.changed.notify_all();
         loop {
-            if let Some(why) = &table.broken {
-                return Err(Error::Sync(format!("collective #{seq} failed: {why}")));
-            }
             let round = table.rounds.get(&seq).ok_or_else(|| Error::Sync(format!("collective #{seq} vanished")))?;
             let missing: Vec<usize> = (0..world).filter(|&r| round.parts[r].is_none()).collect();
             if missing.is_empty() {
+                // Complete: valid even if the group broke later (a rank ahead of this one failed
+                // at the next collective).
                 break;
+            }
+            if let Some(why) = &table.broken {
+                return Err(Error::Sync(format!("collective #{seq} failed: {why}")));
             }
             let gone: Vec<usize> = missing.iter().copied().filter(|&r| table.left[r]).collect();
             let now = Instant::now();

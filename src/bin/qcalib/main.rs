@@ -87,8 +87,8 @@ struct CalibrateArgs {
     format: Format,
     /// Reduce min_val/max_val over all ranks before every scale (is_sync_quantize). Run one
     /// qcalib per rank with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as
-    /// torchrun does); every rank prints the same qparams. cuda ranks use NCCL, cpu ranks a TCP
-    /// group. Without those variables (or with WORLD_SIZE=1) there is one rank.
+    /// torchrun does); every rank prints the same qparams. --device cuda ranks use NCCL (on
+    /// cuda:LOCAL_RANK), the others rank 0's TCP store. Without those variables (or with WORLD_SIZE=1) there is one rank.
     #[arg(long)]
     is_sync_quantize: bool,
     /// KL only (needs --is-sync-quantize): agree on the histogram range and sum the histograms

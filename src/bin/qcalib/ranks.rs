@@ -21,6 +21,8 @@ use crate::{CalibrateArgs, Format};
 
 /// One rank's run: join, observe in steps, print the (common) qparams.
 pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<(), String> {
+    // `--device cuda` ranks reduce through NCCL; the others (cpu, auto) through the TCP store.
+    let nccl = matches!(args.device, Device::Cuda(_));
     let device = match rank_device(args.device, rv) {
         Device::Auto => {
             let mut probe = spec.build().map_err(|e| e.to_string())?;
@@ -35,19 +37,20 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
     let tcp: Arc<dyn ProcessGroup> = Arc::new(rv.connect().map_err(|e| e.to_string())?);
 
     // The ranks agree on the settings, on NCCL, and on the number of steps.
-    let on_gpu = matches!(device, Device::Cuda(_));
     let settings = fnv1a(format!("{spec:?}").as_bytes());
-    let mut header = [settings, !settings, u64::from(on_gpu), u64::from(!on_gpu), args.files.len() as u64];
+    let mut header = [settings, !settings, u64::from(nccl), u64::from(!nccl), args.files.len() as u64];
     tcp.all_reduce_u64(&mut header, ReduceOp::Max).map_err(|e| e.to_string())?;
     if header[0] != !header[1] {
         return Err("the ranks were started with different observer settings".into());
     }
     if header[2] == header[3] {
-        return Err("some ranks run on CUDA (NCCL) and others on the CPU: give every rank the same --device".into());
+        return Err("some ranks were started with --device cuda (NCCL) and others without: give every rank the \
+                    same --device"
+            .into());
     }
     let steps = usize::try_from(header[4]).map_err(|_| "too many files".to_string())?;
     let group: Arc<dyn ProcessGroup> = match device {
-        Device::Cuda(ordinal) => Arc::new(NcclGroup::new(tcp, ordinal, rv.timeout).map_err(|e| e.to_string())?),
+        Device::Cuda(ordinal) if nccl => Arc::new(NcclGroup::new(tcp, ordinal, rv.timeout).map_err(|e| e.to_string())?),
         _ => tcp,
     };
     let ranks = Agreement { group: group.clone() };
