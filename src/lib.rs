@@ -31,6 +31,10 @@
 //! # Ok::<(), qcalib::Error>(())
 //! ```
 //!
+//! With `is_sync_quantize`, data-parallel ranks (threads, processes on one or more machines, or
+//! GPUs through NCCL) reduce their statistics through a [`sync::ProcessGroup`], so that every
+//! rank ends with the same qparams; see [`sync`].
+//!
 //! Bad input never panics: NaN or infinity in a batch, a wrong `ch_axis`, a changed channel
 //! count or an invalid parameter return an [`Error`] and leave the observer as it was.
 

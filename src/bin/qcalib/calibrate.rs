@@ -1,10 +1,12 @@
 //! `qcalib calibrate`: one observer per tensor (per name for `.safetensors`), batches in the
-//! order given, then the qparams.
+//! order given, then the qparams. A multi-rank run (`--is-sync-quantize` with torchrun's
+//! variables) goes to [`crate::ranks`].
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use qcalib::Observer;
+use qcalib::sync::Rendezvous;
 
 use crate::report::{Report, TensorReport};
 use crate::{CalibrateArgs, Format};
@@ -15,6 +17,13 @@ const PROGRESS_FROM: usize = 8;
 
 pub fn run(args: &CalibrateArgs) -> Result<(), String> {
     let spec = args.spec();
+    if args.is_sync_quantize
+        && let Some(rv) = Rendezvous::from_env().map_err(|e| e.to_string())?
+    {
+        // Fail on a bad configuration before joining the other ranks.
+        spec.build().map_err(|e| e.to_string())?;
+        return crate::ranks::run(args, &spec, &rv);
+    }
     let new_observer = || -> Result<Box<dyn Observer>, String> {
         let mut obs = spec.build().map_err(|e| e.to_string())?;
         obs.set_device(args.device).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 mod bench;
 mod calibrate;
 mod demo;
+mod ranks;
 mod report;
 
 use std::process::ExitCode;
@@ -87,6 +88,16 @@ struct CalibrateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Reduce min_val/max_val over all ranks before every scale (is_sync_quantize). Run one
+    /// qcalib per rank with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as
+    /// torchrun does); every rank prints the same qparams. --device cuda ranks use NCCL (on
+    /// cuda:LOCAL_RANK), the others rank 0's TCP store. Without those variables (or with WORLD_SIZE=1) there is one rank.
+    #[arg(long)]
+    is_sync_quantize: bool,
+    /// KL only (needs --is-sync-quantize): agree on the histogram range and sum the histograms
+    /// across ranks every batch, so that N ranks calibrate like one rank on all their batches.
+    #[arg(long)]
+    sync_histograms: bool,
     /// Calibration batches, in order: .npy (one tensor) or .safetensors (named tensors).
     #[arg(required = true, value_name = "FILE")]
     files: Vec<std::path::PathBuf>,
@@ -151,6 +162,7 @@ impl CalibrateArgs {
         }
         quant.quant_min = self.quant_min;
         quant.quant_max = self.quant_max;
+        quant.is_sync_quantize = self.is_sync_quantize;
         ObserverSpec {
             kind: self.observer,
             quant,
@@ -158,7 +170,7 @@ impl CalibrateArgs {
             percentile: self.percentile,
             update_interval: self.update_interval,
             stride: self.stride,
-            sync_histograms: false,
+            sync_histograms: self.sync_histograms,
         }
     }
 }
