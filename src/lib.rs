@@ -54,6 +54,7 @@ mod error;
 pub mod io;
 pub mod observer;
 pub mod search;
+pub mod stats;
 pub mod sync;
 pub mod synthetic;
 mod tensor;

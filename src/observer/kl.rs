@@ -296,12 +296,24 @@ impl Observer for KlObserver {
         if x.is_empty() {
             return Ok(());
         }
-        let x = self.core.engine.load(x)?;
-        let e = self.core.extremes(&x, None)?;
+        let engine = &self.core.engine;
+        let x = engine.load(x)?;
+        // Once the window's range exists, the batch's histogram on it comes in the same pass as
+        // its extremes; it is only redone when the batch turns out to exceed the range.
+        let (top, bins) = (self.window.top(), self.window.hist.len());
+        let (e, mut early) = if top > 0.0 {
+            let (e, h) = engine.extremes_and_abs_histogram(&x, bins, top)?;
+            (e, Some(h))
+        } else {
+            (engine.extremes(&x, None)?, None)
+        };
+        e.check_finite()?;
         let amax = if -e.min[0] > e.max[0] { -e.min[0] } else { e.max[0] };
         let mut window = self.window.clone();
-        let engine = &self.core.engine;
-        window.add(self.bins, amax, x.len(), |bins, hi| engine.abs_histogram(&x, bins, hi))?;
+        window.add(self.bins, amax, x.len(), |b, hi| match early.take() {
+            Some(h) if b == bins && hi == top => Ok(h),
+            _ => engine.abs_histogram(&x, b, hi),
+        })?;
         self.end_batch(window);
         Ok(())
     }

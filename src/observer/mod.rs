@@ -273,6 +273,26 @@ pub struct ObserverSpec {
 }
 
 impl ObserverSpec {
+    /// The observer `kind` with the plugin's defaults.
+    ///
+    /// ```
+    /// use qcalib::{ObserverKind, ObserverSpec};
+    /// let obs = ObserverSpec::new(ObserverKind::Percentile).build()?;
+    /// assert_eq!(obs.kind(), ObserverKind::Percentile);
+    /// # Ok::<(), qcalib::Error>(())
+    /// ```
+    pub fn new(kind: ObserverKind) -> Self {
+        ObserverSpec {
+            kind,
+            quant: kind.default_config(),
+            bins: None,
+            percentile: None,
+            update_interval: None,
+            stride: None,
+            sync_histograms: false,
+        }
+    }
+
     /// The observer, validated.
     pub fn build(&self) -> Result<Box<dyn Observer>> {
         use crate::config::{KlConfig, MseConfig, PercentileConfig};

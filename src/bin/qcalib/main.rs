@@ -1,6 +1,7 @@
 //! `qcalib`: calibrate quantization parameters from `.npy` / `.safetensors` batches, or run the
 //! built-in demo.
 
+mod bench;
 mod calibrate;
 mod demo;
 mod ranks;
@@ -26,6 +27,8 @@ enum Command {
     Calibrate(CalibrateArgs),
     /// Run every observer on built-in synthetic tensors and print a table.
     Demo(DemoArgs),
+    /// Time every observer on generated data against the measured memory bandwidth.
+    Bench(BenchArgs),
 }
 
 /// Output formats.
@@ -110,6 +113,22 @@ struct DemoArgs {
     elements: usize,
 }
 
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Device: cpu, cuda or cuda:N (auto: CUDA when usable).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Elements of the generated f32 tensor.
+    #[arg(long, default_value_t = 1 << 26)]
+    elements: usize,
+    /// Timed runs per case (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
 fn parse_kind(s: &str) -> Result<ObserverKind, String> {
     s.parse().map_err(|e: qcalib::Error| e.to_string())
 }
@@ -161,6 +180,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Calibrate(args) => calibrate::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
