@@ -60,7 +60,7 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
         // file keeps the state after the previous batch.
         let batch = read_batch(path).map_err(|e| e.to_string())?;
         observe(&mut observers, batch, path, &new_observer)?;
-        files_observed += 1;
+        files_observed = files_observed.saturating_add(1);
         if let Some(state) = &args.state {
             StateFile::of(&observers, files_observed, path).write(state)?;
         }
