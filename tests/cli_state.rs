@@ -294,3 +294,26 @@ fn killed_mid_run_then_resumed_gives_the_uninterrupted_result() {
     assert_eq!(saved["last_file"], files[done - 1].as_str());
     assert_eq!(json(&calibrate(options, Some(&state), &files[done..])), want, "killed after {done} file(s)");
 }
+
+#[test]
+fn a_multi_rank_run_refuses_a_state_file() {
+    let dir = scratch("ranks");
+    let files = npy_batches(&dir, 1, 64);
+    let state = dir.join("state.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_qcalib"))
+        .args(["calibrate", "--observer", "min-max", "--is-sync-quantize", "--state"])
+        .arg(&state)
+        .args(&files)
+        .envs([
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "1"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--state is for a single rank"), "{}", stderr(&o));
+    assert!(!state.exists());
+}

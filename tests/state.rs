@@ -377,3 +377,66 @@ fn reset_observers_save_an_empty_state() {
     let mut back = state.into_observer().unwrap();
     assert!(matches!(back.qparams(), Err(Error::NoStatistics(_))));
 }
+
+/// Ranks of a data-parallel calibration (threads here) each save their state and resume in a
+/// new group: `is_sync_quantize` (qparams after every batch, as the CLI's ranks do) and KL's
+/// `sync_histograms` give the bits of the uninterrupted run.
+#[test]
+fn ranks_resume_bit_for_bit_in_a_new_group() {
+    use qcalib::sync::ThreadGroup;
+    use std::sync::Arc;
+    const RANKS: usize = 2;
+    let sync = QuantConfig { is_sync_quantize: true, ..Default::default() };
+    let configs = [
+        ObserverConfig::MinMax(QuantConfig { averaging_constant: 0.25, ..sync.clone() }),
+        ObserverConfig::Kl(KlConfig {
+            update_interval: 3,
+            sync_histograms: true,
+            quant: sync.clone(),
+            ..Default::default()
+        }),
+        ObserverConfig::Kl(KlConfig { update_interval: 2, quant: sync, ..Default::default() }),
+    ];
+    let batch = |rank: usize, b: usize| {
+        let v: Vec<f32> =
+            random_values(500, (10 * rank + b) as u64).iter().map(|v| v * (1 + b + rank) as f32).collect();
+        ArrayD::from_shape_vec(IxDyn(&[5, 100]), v).unwrap()
+    };
+    // Every rank runs `steps` batches from `first` on, starting from `saved` (or fresh); returns
+    // each rank's state JSON and fingerprint.
+    let run = |config: &ObserverConfig, saved: Option<Vec<String>>, steps: std::ops::Range<usize>| {
+        let groups = ThreadGroup::new(RANKS).unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .enumerate()
+                .map(|(rank, group)| {
+                    let (saved, steps) = (saved.clone(), steps.clone());
+                    s.spawn(move || {
+                        let mut obs = match &saved {
+                            Some(states) => ObserverState::from_json(&states[rank]).unwrap().into_observer().unwrap(),
+                            None => config.build().unwrap(),
+                        };
+                        obs.set_process_group(Arc::new(group));
+                        for b in steps {
+                            obs.observe(&batch(rank, b)).unwrap();
+                            let _ = obs.qparams();
+                        }
+                        (obs.save_state().to_json().unwrap(), fingerprint(obs.as_mut()))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        })
+    };
+    for config in &configs {
+        let whole = run(config, None, 0..5);
+        for cut in [1, 2, 4] {
+            let first: Vec<String> = run(config, None, 0..cut).into_iter().map(|(json, _)| json).collect();
+            let resumed = run(config, Some(first), cut..5);
+            let want: Vec<&String> = whole.iter().map(|(_, f)| f).collect();
+            let got: Vec<&String> = resumed.iter().map(|(_, f)| f).collect();
+            assert_eq!(got, want, "{config:?}: cut after {cut}");
+        }
+    }
+}
