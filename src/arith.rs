@@ -10,17 +10,31 @@ pub const EPS: f32 = f32::EPSILON;
 /// One step of the moving average, rounded to f32 at every operation:
 /// `old + c * (cur - old)`.
 ///
+/// **Deviation** (overflow only): when the f32 formula overflows — `cur - old` when the two lie
+/// more than `f32::MAX` apart (e.g. `-3e38` and `3e38`), or the final sum rounding past
+/// `f32::MAX` next to it — it gives ±infinity, or NaN for `c = 0`, and would turn the observer's
+/// state non-finite for good. There the step is computed in f64 and rounded once to f32, which
+/// gives a finite value between `old` and `cur`. Every other input gives exactly the f32 result
+/// of SPEC §2.
+///
 /// ```
 /// use qcalib::arith::moving_average;
 /// assert_eq!(moving_average(1.0, 3.0, 0.5), 2.0);
 /// assert_eq!(moving_average(1.0, 3.0, 0.0), 1.0); // 0 freezes the first batch
 /// assert_eq!(moving_average(1.0, 3.0, 1.0), 3.0); // 1 keeps only the last
+/// assert_eq!(moving_average(-3e38, 3e38, 0.0), -3e38); // no overflow into inf or NaN
+/// assert_eq!(moving_average(-3e38, 3e38, 1.0), 3e38);
+/// assert_eq!(moving_average(-9.910844e37, -f32::MAX, 1.0), -f32::MAX); // f32 rounds past MAX
 /// ```
 #[inline]
 pub fn moving_average(old: f32, cur: f32, c: f32) -> f32 {
     let d = cur - old;
     let t = c * d;
-    old + t
+    let new = old + t;
+    if new.is_finite() || !(old.is_finite() && cur.is_finite()) {
+        return new;
+    }
+    (old as f64 + c as f64 * (cur as f64 - old as f64)) as f32
 }
 
 /// The symmetric scale of the range `(min_val, max_val)`:

@@ -37,6 +37,10 @@
 //!
 //! Bad input never panics: NaN or infinity in a batch, a wrong `ch_axis`, a changed channel
 //! count or an invalid parameter return an [`Error`] and leave the observer as it was.
+//!
+//! Calibration survives restarts: [`Observer::save_state`] gives an [`ObserverState`] (a
+//! versioned JSON format, see [`observer::state`]) from which
+//! [`ObserverState::into_observer`] resumes bit for bit where the run stopped.
 
 #![warn(missing_docs)]
 
@@ -65,6 +69,6 @@ pub use engine::{Device, Extremes};
 pub use error::{Error, Result};
 pub use observer::{
     KlObserver, MinMaxObserver, MixObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
-    MseObserver, Observer, ObserverKind, ObserverSpec, PercentileObserver, QParams,
+    MseObserver, Observer, ObserverConfig, ObserverKind, ObserverSpec, ObserverState, PercentileObserver, QParams,
 };
 pub use tensor::{Element, TensorView};

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::{KlConfig, MAX_BINS};
 use crate::error::{Error, Result};
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
+use crate::observer::{
+    Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
+};
 use crate::search::kl::threshold_index;
 use crate::sync::ReduceOp;
 use crate::tensor::TensorView;
@@ -69,6 +71,13 @@ impl KlWindow {
                 )));
             }
             let bins = (wanted as usize).max(self.hist.len());
+            let top = self.width * bins as f32;
+            if !top.is_finite() {
+                return Err(Error::TooLarge(format!(
+                    "max |x| = {amax} would widen the KL histogram (bin width {}) past the largest f32",
+                    self.width
+                )));
+            }
             self.edges = (0..=bins).map(|m| self.width * m as f32).collect();
             self.hist.resize(bins, 0);
         }
@@ -282,6 +291,19 @@ impl KlObserver {
         self.window = window;
         self.core.batches += 1;
     }
+
+    fn observer_config(&self) -> ObserverConfig {
+        ObserverConfig::Kl(self.config())
+    }
+
+    fn save_own_state(&self, state: &mut ObserverState) {
+        state.kl_window = Some(self.window.clone());
+    }
+
+    /// `state` has been checked: it holds a window.
+    fn load_own_state(&mut self, state: &ObserverState) {
+        self.window = state.kl_window.clone().unwrap_or_default();
+    }
 }
 
 impl Observer for KlObserver {
@@ -326,3 +348,4 @@ impl Observer for KlObserver {
 }
 
 impl_observe!(KlObserver);
+impl_restore!(KlObserver, Kl);

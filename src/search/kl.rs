@@ -25,7 +25,8 @@ const Q_FLOOR: f64 = 1e-10;
 
 /// The index into the histogram's edges of the KL threshold, `k* + 132`, for the histogram
 /// `hist` and `nq` quantized levels; `None` when no window sum is finite (the histogram has
-/// fewer than 138 bins, is empty, or holds all its mass in its top bins).
+/// fewer than 138 bins, is empty, holds all its mass in its top bins, or its counts add up to more
+/// than `u64::MAX`).
 ///
 /// ```
 /// use qcalib::search::kl::threshold_index;
@@ -107,7 +108,8 @@ impl Prefix {
         let (mut count, mut nonzero) = (vec![0u64; n + 1], vec![0u64; n + 1]);
         let (mut hlnh, mut hlnh_err) = (vec![0f64; n + 1], vec![0f64; n + 1]);
         for j in 0..n {
-            count[j + 1] = count[j] + h[j];
+            // Counts past u64 (never from a real tensor) have no defined divergence.
+            count[j + 1] = count[j].checked_add(h[j])?;
             nonzero[j + 1] = nonzero[j] + (h[j] > 0) as u64;
             let g = if h[j] > 0 { h[j] as f64 * (h[j] as f64).ln() } else { 0.0 };
             let (s, e) = two_sum(hlnh[j], g);
@@ -297,6 +299,13 @@ mod tests {
                 assert!((d - want).abs() <= 1e-11 * want.abs().max(1e-3), "n {n} nq {nq} i {}: {d} vs {want}", k + 128);
             }
         }
+    }
+
+    #[test]
+    fn counts_past_u64_have_no_threshold() {
+        let mut hist = lcg_hist(512, 3, false);
+        hist[300] = u64::MAX;
+        assert_eq!(threshold_index(&hist, 128), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod calibrate;
 mod demo;
 mod ranks;
 mod report;
+mod state_file;
 
 use std::process::ExitCode;
 
@@ -98,8 +99,13 @@ struct CalibrateArgs {
     /// across ranks every batch, so that N ranks calibrate like one rank on all their batches.
     #[arg(long)]
     sync_histograms: bool,
+    /// Calibration state: resume from this file when it exists (it must match the observer and
+    /// its options), and write the state back to it after each batch (atomically). The FILEs
+    /// given are the new batches; with none, prints the qparams of the saved state.
+    #[arg(long, value_name = "STATE")]
+    state: Option<std::path::PathBuf>,
     /// Calibration batches, in order: .npy (one tensor) or .safetensors (named tensors).
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(required_unless_present = "state", value_name = "FILE")]
     files: Vec<std::path::PathBuf>,
 }
 
