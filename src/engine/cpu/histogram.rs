@@ -7,12 +7,15 @@ use super::walk::Reducer;
 
 /// The bin of `|v|` in a histogram of `bins` bins on `[0, hi]` (`hi > 0`), or `bins` when `|v|`
 /// is outside the range (not counted). SPEC §5: `floor(f32(f32(|v| * bins) / hi))`, every step
-/// rounded to f32, with the top edge (and any overflow of the product) in the last bin.
+/// rounded to f32, with the top edge in the last bin. **Deviation**: where `|v| * bins` overflows
+/// f32 (`|v| > f32::MAX / bins`, so only for ranges beyond about 1e35), the bin is
+/// `floor(f32(f32(|v| / hi) * bins))` instead of the last bin that the overflow would give.
 #[inline(always)]
 pub(crate) fn bin_of(v: f32, bins_f: f32, top: f32, hi: f32, bins: u32) -> u32 {
     let a = v.abs();
-    let pos = (a * bins_f) / hi;
-    let pos = if pos < top { pos } else { top }; // also catches +inf and NaN
+    let product = a * bins_f;
+    let pos = if product < f32::INFINITY { product / hi } else { (a / hi) * bins_f };
+    let pos = if pos < top { pos } else { top }; // also catches NaN
     // `pos` is in [0, bins - 1] (< 2^23): adding 2^23 to its integer part puts that integer in
     // the low mantissa bits, exactly (a branch-free, vectorisable floor).
     let b = (pos.trunc() + 8_388_608.0).to_bits() & 0x007f_ffff;
@@ -244,6 +247,7 @@ mod tests {
         assert_eq!(bin_of(-3.0, 4.0, 3.0, 3.0, 4), 3);
         assert_eq!(bin_of(3.5, 4.0, 3.0, 3.0, 4), 4);
         assert_eq!(bin_of(3.0e38, 2048.0, 2047.0, 3.0e38, 2048), 2047);
+        assert_eq!(bin_of(1.0e36, 2048.0, 2047.0, 3.0e38, 2048), 6);
     }
 
     #[test]
