@@ -1,23 +1,30 @@
-// The histogram of |x| over a whole (contiguous) tensor, with the exact bin rule of SPEC §5:
-// |v| goes to floor(f32(f32(|v| * bins) / hi)), clamped to bins - 1; values above hi, NaN and
-// infinities are not counted. hi <= 0 is the all-zero range: only zeros count, in bin 0.
+// The histogram of |x| over a whole (contiguous) tensor, with the bin rule of SPEC §5 as the CPU
+// engine has it (src/engine/cpu/histogram.rs::bin_of): |v| goes to
+// floor(f32(f32(|v| * bins) / hi)), clamped to bins - 1, or, where |v| * bins overflows f32, to
+// floor(f32(f32(|v| / hi) * bins)); values above hi and NaN are not counted. hi <= 0 is the
+// all-zero range: only zeros count, in bin 0.
 //
-// The division is f32(f64(p) * inv_hi) with inv_hi = f64(1 / hi) from the host, which is the
-// correctly rounded p / hi wherever that is at least 2^-126 (see kernels/fake_quant.cu), and
-// below that both floor to bin 0: the same bins as __fdiv_rn, without its slow path.
+// A division by hi is f32(f64(p) * inv_hi) with inv_hi = f64(1 / hi) from the host: that is the
+// correctly rounded p / hi wherever it is at least 2^-126 (see kernels/fake_quant.cu), and below
+// that both floor to bin 0 (and |v| / hi of a counted |v| whose product overflowed is above
+// 2^-21): the bins of __fdiv_rn, without its slow path.
 //
 // `hist` holds `bins` u64 counts, zero-initialised; blocks add into it with integer atomics, so
 // the result does not depend on the order of the blocks.
 #include "common.cuh"
 
-// The bin of v, or `bins` when v is not counted (mirrors src/engine/cpu/histogram.rs::bin_of).
+QCALIB_DEVICE float div_by_hi(float p, double inv_hi) { return __double2float_rn(__dmul_rn((double)p, inv_hi)); }
+
+// The bin of v, or `bins` when v is not counted.
 QCALIB_DEVICE u32 abs_bin(float v, u32 bins, float bins_f, float top, float hi, double inv_hi) {
     if (!(hi > 0.0f)) return v == 0.0f ? 0u : bins;
     const float a = fabsf(v);
-    float pos = __double2float_rn(__dmul_rn((double)__fmul_rn(a, bins_f), inv_hi));
-    pos = pos < top ? pos : top;  // also catches +inf (and NaN, which is dropped below)
+    const float product = __fmul_rn(a, bins_f);
+    float pos = product < __uint_as_float(0x7f800000u) ? div_by_hi(product, inv_hi)
+                                                      : __fmul_rn(div_by_hi(a, inv_hi), bins_f);
+    pos = pos < top ? pos : top;  // also catches NaN
     const u32 b = __float2uint_rz(pos);
-    return (a > hi || a != a) ? bins : b;
+    return a <= hi ? b : bins;  // NaN fails the test too: never counted
 }
 
 // Counts per block in shared memory (u32: the launcher keeps each block under 2^31 values),

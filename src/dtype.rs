@@ -175,8 +175,12 @@ impl QuantRange {
 
     /// Half the integer range, `(quant_max - quant_min) / 2` rounded to f32: the divisor of the
     /// scale formula (SPEC §2).
+    ///
+    /// The difference is taken in i128, so a range built by hand with any `i64` bounds never
+    /// overflows (a range from [`QuantRange::resolve`] lies inside the dtype's and gives the same
+    /// value either way).
     pub fn scale_divisor(&self) -> f32 {
-        ((self.quant_max - self.quant_min) as f64 / 2.0) as f32
+        ((self.quant_max as i128 - self.quant_min as i128) as f64 / 2.0) as f32
     }
 
     /// `quant_min` as f32, the lower clamp of fake quantization.

@@ -72,9 +72,22 @@ pub enum Error {
         reason: String,
     },
 
-    /// A saved observer state could not be used.
+    /// A saved observer state could not be used: not a state, a future format version, or
+    /// contents that contradict each other.
     #[error("observer state: {0}")]
     State(String),
+
+    /// A saved observer state belongs to another observer kind, or was saved with other
+    /// parameters than the observer it is loaded into.
+    #[error("observer state: saved with `{parameter}` = {saved}, but this observer has `{parameter}` = {current}")]
+    StateMismatch {
+        /// The parameter that differs (`observer` for the kind).
+        parameter: String,
+        /// Its value in the state.
+        saved: String,
+        /// Its value in the observer.
+        current: String,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -81,19 +81,19 @@ fn read_npy(path: &Path) -> std::result::Result<OwnedTensor, String> {
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut r = BufReader::new(file);
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).map_err(|_| "truncated .npy header".to_string())?;
+    r.read_exact(&mut magic).map_err(header_error)?;
     if &magic[..6] != b"\x93NUMPY" {
         return Err("not a .npy file (bad magic)".into());
     }
     let header_len = match magic[6] {
         1 => {
             let mut b = [0u8; 2];
-            r.read_exact(&mut b).map_err(|_| "truncated .npy header".to_string())?;
+            r.read_exact(&mut b).map_err(header_error)?;
             u16::from_le_bytes(b) as usize
         }
         2 | 3 => {
             let mut b = [0u8; 4];
-            r.read_exact(&mut b).map_err(|_| "truncated .npy header".to_string())?;
+            r.read_exact(&mut b).map_err(header_error)?;
             u32::from_le_bytes(b) as usize
         }
         v => return Err(format!("unsupported .npy version {v}")),
@@ -103,7 +103,7 @@ fn read_npy(path: &Path) -> std::result::Result<OwnedTensor, String> {
         return Err("truncated .npy header".into());
     }
     let mut header = vec![0u8; header_len];
-    r.read_exact(&mut header).map_err(|_| "truncated .npy header".to_string())?;
+    r.read_exact(&mut header).map_err(header_error)?;
     let header = String::from_utf8(header).map_err(|_| "the .npy header is not text".to_string())?;
     let h = parse_npy_header(&header)?;
     let numel = h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("the shape overflows")?;
@@ -139,6 +139,12 @@ fn read_npy(path: &Path) -> std::result::Result<OwnedTensor, String> {
             OwnedTensor::F16(ArrayD::from_shape_vec(shape, v).map_err(bad_shape)?)
         }
     })
+}
+
+/// A failed read of the `.npy` header: "truncated" when the file ends, else what the system says
+/// (e.g. the path is a directory).
+fn header_error(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof { "truncated .npy header".into() } else { e.to_string() }
 }
 
 /// Parses `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.

@@ -31,8 +31,16 @@
 //! # Ok::<(), qcalib::Error>(())
 //! ```
 //!
+//! With `is_sync_quantize`, data-parallel ranks (threads, processes on one or more machines, or
+//! GPUs through NCCL) reduce their statistics through a [`sync::ProcessGroup`], so that every
+//! rank ends with the same qparams; see [`sync`].
+//!
 //! Bad input never panics: NaN or infinity in a batch, a wrong `ch_axis`, a changed channel
 //! count or an invalid parameter return an [`Error`] and leave the observer as it was.
+//!
+//! Calibration survives restarts: [`Observer::save_state`] gives an [`ObserverState`] (a
+//! versioned JSON format, see [`observer::state`]) from which
+//! [`ObserverState::into_observer`] resumes bit for bit where the run stopped.
 
 #![warn(missing_docs)]
 
@@ -52,6 +60,7 @@ mod input;
 pub mod io;
 pub mod observer;
 pub mod search;
+pub mod stats;
 pub mod sync;
 pub mod synthetic;
 mod tensor;
@@ -67,6 +76,6 @@ pub use error::{Error, Result};
 pub use input::Input;
 pub use observer::{
     KlObserver, MinMaxObserver, MixObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
-    MseObserver, Observer, ObserverKind, ObserverSpec, PercentileObserver, QParams,
+    MseObserver, Observer, ObserverConfig, ObserverKind, ObserverSpec, ObserverState, PercentileObserver, QParams,
 };
 pub use tensor::{Element, TensorView};

@@ -78,7 +78,8 @@ impl Distribution {
 }
 
 /// A tensor of `shape` drawn from `dist` with `seed`. For [`Distribution::ChannelWeights`] the
-/// channels are the first dimension.
+/// channels are the first dimension. A shape whose f32 data would not fit in the address space (no such
+/// tensor can exist) gives an empty tensor of shape `[0]`.
 ///
 /// ```
 /// use qcalib::synthetic::{generate, Distribution};
@@ -88,7 +89,10 @@ impl Distribution {
 /// ```
 pub fn generate(dist: Distribution, shape: &[usize], seed: u64) -> ArrayD<f32> {
     let mut rng = Rng::new(seed);
-    let n: usize = shape.iter().product();
+    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let Some(n) = n.filter(|&n| n <= isize::MAX as usize / size_of::<f32>()) else {
+        return ArrayD::zeros(IxDyn(&[0]));
+    };
     let rows = shape.first().copied().unwrap_or(1).max(1);
     let per_row = (n / rows).max(1);
     let row_sigma: Vec<f64> = (0..rows).map(|r| 0.01 * 10f64.powf(2.0 * r as f64 / rows as f64)).collect();

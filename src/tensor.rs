@@ -3,7 +3,7 @@
 //! Nothing here copies a tensor: f16 and bf16 are widened to f32 exactly, a few thousand values
 //! at a time, inside the loops that read them.
 
-use half::{bf16, f16, slice::HalfFloatSliceExt};
+use half::{bf16, f16};
 use ndarray::{ArrayViewD, Axis, Dimension};
 
 /// An element type a tensor can hold: f32, or f16 and bf16, which are widened exactly.
@@ -41,7 +41,7 @@ impl Element for f16 {
     const NAME: &'static str = "f16";
     #[inline]
     fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        crate::engine::cpu::widen::f16_to_f32(src, dst);
     }
     #[inline]
     fn as_f32(_: &[Self]) -> Option<&[f32]> {

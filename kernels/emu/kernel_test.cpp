@@ -170,7 +170,7 @@ static void test_extremes(Dtype d, const Tensor& t, Layout l, u64 pieces, u64 ro
 }
 
 // ---------------------------------------------------------------------------------------------
-// Histogram (the CPU's bin_of).
+// Histogram (the CPU's bin_of, src/engine/cpu/histogram.rs).
 
 static std::vector<u64> ref_hist(const Tensor& t, u32 bins, float hi) {
     std::vector<u64> h(bins, 0);
@@ -182,9 +182,10 @@ static std::vector<u64> ref_hist(const Tensor& t, u32 bins, float hi) {
             continue;
         }
         const float a = std::fabs(v);
-        float pos = (a * bins_f) / hi;
+        const float product = a * bins_f;
+        float pos = product < INFINITY ? product / hi : (a / hi) * bins_f;
         pos = pos < top ? pos : top;
-        if (a > hi || a != a) continue;
+        if (!(a <= hi)) continue;
         h[(u32)pos]++;
     }
     return h;
@@ -496,6 +497,17 @@ int main(int argc, char** argv) {
             Tensor t = make(Dtype::F32, 4096, 0, ++seed, false);
             for (size_t i = 0; i < t.n; ++i) t.f32[i] = (float)(i % 2049) * (3.0f / 2048.0f) * (i % 2 ? -1.0f : 1.0f);
             test_hist(Dtype::F32, t, 2048, 3.0f, 4, true);
+        }
+        // Ranges where |v| * bins overflows f32 (f32 only: f16 cannot hold them).
+        if (d == Dtype::F32) {
+            Tensor t = make(Dtype::F32, 5000, 1, ++seed, false);
+            for (size_t i = 0; i < t.n; ++i) t.f32[t.offset + i] *= 1e36f;
+            float amax = 0.0f;
+            for (size_t i = 0; i < t.n; ++i) amax = std::fmax(amax, std::fabs(t.at(i)));
+            for (u32 bins : {7u, 2048u}) {
+                test_hist(d, t, bins, amax, 3, true);
+                test_hist(d, t, bins, 3.4e38f, 2, false);
+            }
         }
         if (!quick) {
             const Tensor t = make(d, (1u << 20) + 3, 2, ++seed, false, 3.0f);

@@ -180,6 +180,24 @@ impl Engine {
         }
     }
 
+    /// [`extremes`](Engine::extremes) (per tensor) and [`abs_histogram`](Engine::abs_histogram)
+    /// from one pass over the data: for a histogram whose range is known before the batch (a KL
+    /// window in progress), to be redone only when the batch turns out to exceed it.
+    pub(crate) fn extremes_and_abs_histogram(
+        &self,
+        x: &Loaded<'_>,
+        bins: usize,
+        hi: f32,
+    ) -> Result<(Extremes, Vec<u64>)> {
+        match (self, x) {
+            (_, Loaded::Host(x)) => Ok(cpu::extremes_and_abs_histogram(x, bins, hi)),
+            (_, Loaded::HostCopy(x)) => Ok(cpu::extremes_and_abs_histogram(&x.view(), bins, hi)),
+            // Two passes over the device copy (each at memory speed; a fused kernel could share one).
+            (Engine::Cuda(g), Loaded::Cuda(x)) => Ok((g.extremes(x, None)?, g.abs_histogram(x, bins, hi)?)),
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
+        }
+    }
+
     /// Sums of squared fake-quantization errors, `[k][channels]`, of the candidate scales
     /// `scales` (`[k][channels]`, every scale > 0).
     pub(crate) fn fake_quant_errors(

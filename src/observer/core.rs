@@ -114,6 +114,11 @@ impl Core {
 
     /// `min_val` becomes its elementwise minimum over ranks and `max_val` its maximum, in place.
     /// A rank without statistics takes the others'; ranks holding different channel counts fail.
+    ///
+    /// Every rank runs the same two collectives, and every decision is taken on reduced values,
+    /// so that all ranks succeed or fail together: a header (the most and the fewest channels
+    /// among the ranks that have statistics), then one MAX over `[-min_val, max_val]` (the
+    /// minimum is the negated maximum of the negations, exactly).
     fn sync(&mut self) -> Result<()> {
         if !self.quant.is_sync_quantize || self.group.world_size() <= 1 {
             return Ok(());
@@ -132,11 +137,14 @@ impl Core {
             )));
         }
         let most = usize::try_from(most).map_err(|_| Error::Sync("channel count overflows".into()))?;
-        let mut min = if n > 0 { self.stats.min_val.clone() } else { vec![f32::INFINITY; most] };
-        let mut max = if n > 0 { self.stats.max_val.clone() } else { vec![f32::NEG_INFINITY; most] };
-        self.group.all_reduce_f32(&mut min, ReduceOp::Min)?;
-        self.group.all_reduce_f32(&mut max, ReduceOp::Max)?;
-        self.stats = RangeStats { min_val: min, max_val: max };
+        let mut both = if n > 0 {
+            self.stats.min_val.iter().map(|&v| -v).chain(self.stats.max_val.iter().copied()).collect()
+        } else {
+            vec![f32::NEG_INFINITY; 2 * most]
+        };
+        self.group.all_reduce_f32(&mut both, ReduceOp::Max)?;
+        let (neg_min, max) = both.split_at(most);
+        self.stats = RangeStats { min_val: neg_min.iter().map(|&v| -v).collect(), max_val: max.to_vec() };
         Ok(())
     }
 

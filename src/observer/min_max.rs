@@ -5,7 +5,9 @@ use crate::config::QuantConfig;
 use crate::error::Result;
 use crate::input::Input;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
+use crate::observer::{
+    Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
+};
 
 /// One batch of any of the three: extremes per tensor or channel, then the update rule.
 fn observe_min_max(core: &mut Core, x: &Input<'_>) -> Result<()> {
@@ -22,7 +24,7 @@ fn observe_min_max(core: &mut Core, x: &Input<'_>) -> Result<()> {
 
 /// Defines one of the three min/max observers: a [`Core`] and a check of the scheme.
 macro_rules! min_max_observer {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $check:expr) => {
+    ($(#[$doc:meta])* $name:ident, $variant:ident, $check:expr) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name {
@@ -39,13 +41,22 @@ macro_rules! min_max_observer {
             }
 
             fn reset_own_state(&mut self) {}
+
+            fn observer_config(&self) -> ObserverConfig {
+                ObserverConfig::$variant(self.core.quant.clone())
+            }
+
+            fn save_own_state(&self, _: &mut ObserverState) {}
+
+            fn load_own_state(&mut self, _: &ObserverState) {}
         }
 
         impl_observe!($name);
+        impl_restore!($name, $variant);
 
         impl Observer for $name {
             fn kind(&self) -> ObserverKind {
-                $kind
+                ObserverKind::$variant
             }
 
             fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
@@ -76,7 +87,7 @@ min_max_observer!(
     /// # Ok::<(), qcalib::Error>(())
     /// ```
     MinMaxObserver,
-    ObserverKind::MinMax,
+    MinMax,
     |_| Ok(())
 );
 
@@ -93,7 +104,7 @@ min_max_observer!(
     /// # Ok::<(), qcalib::Error>(())
     /// ```
     MovingAverageMinMaxObserver,
-    ObserverKind::MovingAverageMinMax,
+    MovingAverageMinMax,
     |q| q.require_per_tensor("MovingAverageMinMaxObserver")
 );
 
@@ -112,7 +123,7 @@ min_max_observer!(
     /// # Ok::<(), qcalib::Error>(())
     /// ```
     MovingAveragePerChannelMinMaxObserver,
-    ObserverKind::MovingAveragePerChannelMinMax,
+    MovingAveragePerChannelMinMax,
     |q| {
         if q.qscheme.is_per_channel() {
             Ok(())

@@ -6,7 +6,9 @@ use crate::config::QuantConfig;
 use crate::error::Result;
 use crate::input::Input;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
+use crate::observer::{
+    Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
+};
 use crate::search::candidates::{TieBreak, pick_smallest};
 use crate::search::percentile::{bin_centre, clip_range, fraction_target};
 
@@ -44,6 +46,14 @@ impl MixObserver {
     }
 
     fn reset_own_state(&mut self) {}
+
+    fn observer_config(&self) -> ObserverConfig {
+        ObserverConfig::Mix(self.core.quant.clone())
+    }
+
+    fn save_own_state(&self, _: &mut ObserverState) {}
+
+    fn load_own_state(&mut self, _: &ObserverState) {}
 }
 
 impl Observer for MixObserver {
@@ -84,3 +94,4 @@ impl Observer for MixObserver {
 }
 
 impl_observe!(MixObserver);
+impl_restore!(MixObserver, Mix);

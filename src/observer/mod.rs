@@ -1,12 +1,14 @@
 //! The observers of `horizon_plugin_pytorch.quantization.observer_v2` (SPEC §4): one type per
 //! observer, all behind the [`Observer`] trait.
 
+mod config;
 mod core;
 mod kl;
 mod min_max;
 mod mix;
 mod mse;
 mod percentile;
+pub mod state;
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,12 +16,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::config::ObserverConfig;
 pub use self::core::RangeStats;
 pub use kl::{KlObserver, KlWindow};
 pub use min_max::{MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver};
 pub use mix::MixObserver;
 pub use mse::MseObserver;
 pub use percentile::PercentileObserver;
+pub use state::ObserverState;
 
 use crate::config::QuantConfig;
 use crate::engine::Device;
@@ -183,6 +187,32 @@ pub trait Observer: Send + fmt::Debug {
 
     /// The process group `is_sync_quantize` reduces over (default: a single rank).
     fn set_process_group(&mut self, group: Arc<dyn ProcessGroup>);
+
+    /// The full calibration state: the configuration, `min_val`/`max_val`, the batch count and
+    /// (KL) the window in progress. Save it (e.g. [`ObserverState::to_json`]) to resume later with
+    /// [`ObserverState::into_observer`] or [`Observer::load_state`]; the resumed observer gives
+    /// bit for bit the results of one that was never interrupted. See [`state`] for the format.
+    fn save_state(&self) -> ObserverState;
+
+    /// Replaces everything observed by `state` (saved by an observer of the same kind with the
+    /// same parameters; the device and the process group stay). A state of another kind, with
+    /// another parameter ([`Error::StateMismatch`](crate::Error::StateMismatch) names it), of
+    /// another format version or with inconsistent contents is refused, and the observer is
+    /// unchanged.
+    ///
+    /// ```
+    /// use qcalib::{MseConfig, MseObserver, Observer, Error};
+    /// let mut a = MseObserver::new(MseConfig::default())?;
+    /// a.observe(&[0.5f32, -1.0, 0.25][..])?;
+    /// let mut b = MseObserver::new(MseConfig::default())?;
+    /// b.load_state(&a.save_state())?;
+    /// assert_eq!(b.qparams()?, a.qparams()?);
+    /// let mut c = MseObserver::new(MseConfig { stride: 5, ..Default::default() })?;
+    /// let err = c.load_state(&a.save_state()).unwrap_err();
+    /// assert!(matches!(err, Error::StateMismatch { ref parameter, .. } if parameter == "stride"));
+    /// # Ok::<(), qcalib::Error>(())
+    /// ```
+    fn load_state(&mut self, state: &ObserverState) -> Result<()>;
 }
 
 impl dyn Observer + '_ {
@@ -256,9 +286,50 @@ macro_rules! delegate_to_core {
         fn set_process_group(&mut self, group: std::sync::Arc<dyn $crate::sync::ProcessGroup>) {
             self.core.group = group;
         }
+
+        fn save_state(&self) -> $crate::observer::ObserverState {
+            let mut state =
+                $crate::observer::ObserverState::new(self.observer_config(), &self.core.stats, self.core.batches, None);
+            self.save_own_state(&mut state);
+            state
+        }
+
+        fn load_state(&mut self, state: &$crate::observer::ObserverState) -> $crate::error::Result<()> {
+            state.check_for(&self.observer_config())?;
+            self.core.stats =
+                $crate::observer::RangeStats { min_val: state.min_val.clone(), max_val: state.max_val.clone() };
+            self.core.batches = state.batches;
+            self.load_own_state(state);
+            Ok(())
+        }
     };
 }
 pub(crate) use delegate_to_core;
+
+/// `restore`, an observer type's constructor from a saved [`ObserverState`].
+macro_rules! impl_restore {
+    ($name:ident, $variant:ident) => {
+        impl $name {
+            /// The observer saved in `state`, with the state's configuration (on the default
+            /// device). A state of another kind, another format version or with inconsistent
+            /// contents is an error.
+            pub fn restore(state: &$crate::observer::ObserverState) -> $crate::error::Result<Self> {
+                state.check_format()?;
+                let $crate::observer::ObserverConfig::$variant(config) = &state.config else {
+                    return Err($crate::error::Error::StateMismatch {
+                        parameter: "observer".into(),
+                        saved: state.kind().to_string(),
+                        current: $crate::observer::ObserverKind::$variant.to_string(),
+                    });
+                };
+                let mut obs = $name::new(config.clone())?;
+                $crate::observer::Observer::load_state(&mut obs, state)?;
+                Ok(obs)
+            }
+        }
+    };
+}
+pub(crate) use impl_restore;
 
 /// Builds a boxed observer of `kind` from the parameters of every observer (the CLI's view):
 /// each observer takes the ones it has.
@@ -281,6 +352,26 @@ pub struct ObserverSpec {
 }
 
 impl ObserverSpec {
+    /// The observer `kind` with the plugin's defaults.
+    ///
+    /// ```
+    /// use qcalib::{ObserverKind, ObserverSpec};
+    /// let obs = ObserverSpec::new(ObserverKind::Percentile).build()?;
+    /// assert_eq!(obs.kind(), ObserverKind::Percentile);
+    /// # Ok::<(), qcalib::Error>(())
+    /// ```
+    pub fn new(kind: ObserverKind) -> Self {
+        ObserverSpec {
+            kind,
+            quant: kind.default_config(),
+            bins: None,
+            percentile: None,
+            update_interval: None,
+            stride: None,
+            sync_histograms: false,
+        }
+    }
+
     /// The observer, validated.
     pub fn build(&self) -> Result<Box<dyn Observer>> {
         use crate::config::{KlConfig, MseConfig, PercentileConfig};

@@ -6,7 +6,9 @@ use crate::config::MseConfig;
 use crate::error::Result;
 use crate::input::Input;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
+use crate::observer::{
+    Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
+};
 use crate::search::candidates::{TieBreak, mse_candidates, pick_smallest};
 
 /// `MSEObserver`: per batch, the candidates `(mn * f_i, mx * f_i)` with `f_i = 1 - 0.01 i`,
@@ -45,6 +47,14 @@ impl MseObserver {
     }
 
     fn reset_own_state(&mut self) {}
+
+    fn observer_config(&self) -> ObserverConfig {
+        ObserverConfig::Mse(self.config())
+    }
+
+    fn save_own_state(&self, _: &mut ObserverState) {}
+
+    fn load_own_state(&mut self, _: &ObserverState) {}
 }
 
 impl Observer for MseObserver {
@@ -93,3 +103,4 @@ impl Observer for MseObserver {
 }
 
 impl_observe!(MseObserver);
+impl_restore!(MseObserver, Mse);

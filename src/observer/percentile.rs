@@ -5,7 +5,9 @@ use crate::config::PercentileConfig;
 use crate::error::Result;
 use crate::input::Input;
 use crate::observer::core::Core;
-use crate::observer::{Observer, ObserverKind, QParams, delegate_to_core, impl_observe};
+use crate::observer::{
+    Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
+};
 use crate::search::percentile::{bin_centre, clip_range, percentile_target};
 
 /// `PercentileObserver` (per-tensor): per batch, the `percentile` of `|x|` from a histogram of
@@ -46,6 +48,14 @@ impl PercentileObserver {
     }
 
     fn reset_own_state(&mut self) {}
+
+    fn observer_config(&self) -> ObserverConfig {
+        ObserverConfig::Percentile(self.config())
+    }
+
+    fn save_own_state(&self, _: &mut ObserverState) {}
+
+    fn load_own_state(&mut self, _: &ObserverState) {}
 }
 
 impl Observer for PercentileObserver {
@@ -77,3 +87,4 @@ impl Observer for PercentileObserver {
 }
 
 impl_observe!(PercentileObserver);
+impl_restore!(PercentileObserver, Percentile);

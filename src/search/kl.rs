@@ -9,6 +9,9 @@
 
 use rayon::prelude::*;
 
+use super::ln::ln;
+use crate::engine::cpu::simd::multiversion;
+
 /// The first candidate: the histogram cut after bin 128.
 pub const START_BIN: usize = 128;
 /// Divergences per window sum.
@@ -22,7 +25,8 @@ const Q_FLOOR: f64 = 1e-10;
 
 /// The index into the histogram's edges of the KL threshold, `k* + 132`, for the histogram
 /// `hist` and `nq` quantized levels; `None` when no window sum is finite (the histogram has
-/// fewer than 138 bins, is empty, or holds all its mass in its top bins).
+/// fewer than 138 bins, is empty, holds all its mass in its top bins, or its counts add up to more
+/// than `u64::MAX`).
 ///
 /// ```
 /// use qcalib::search::kl::threshold_index;
@@ -42,8 +46,23 @@ pub fn divergences(hist: &[u64], nq: u64) -> Vec<f64> {
     let Some(prefix) = Prefix::new(hist) else { return Vec::new() };
     (START_BIN..=hist.len())
         .into_par_iter()
-        .map(|i| if nq >= i as u64 { prefix.divergence_per_bin(i) } else { prefix.divergence_levels(i, nq) })
+        .map_init(Levels::default, |levels, i| {
+            if nq >= i as u64 { prefix.divergence_per_bin(i) } else { prefix.divergence_levels(i, nq as usize, levels) }
+        })
         .collect()
+}
+
+/// Per-level sums of one candidate, laid out for a vectorised pass (reused across candidates).
+#[derive(Default)]
+struct Levels {
+    /// Level `m` holds bins `bounds[m] .. bounds[m + 1]`.
+    bounds: Vec<usize>,
+    /// `q + floor` of the level's member bins (1 for a level without members).
+    q: Vec<f64>,
+    /// Counts of the member bins, the candidate's last bin excluded.
+    h: Vec<f64>,
+    /// `sum h ln h` of the same bins.
+    g: Vec<f64>,
 }
 
 /// The largest `k` whose window sum `div[k] + … + div[k + 8]` is within [`TIE_RTOL`] of the
@@ -64,6 +83,8 @@ pub fn best_window(div: &[f64]) -> Option<usize> {
 struct Prefix {
     /// The counts, `h[0] = h[1]`.
     h: Vec<u64>,
+    /// The same as f64.
+    hf: Vec<f64>,
     /// `count[j]` = sum of `h[..j]` (exact).
     count: Vec<u64>,
     /// `nonzero[j]` = number of non-empty bins in `h[..j]`.
@@ -87,7 +108,8 @@ impl Prefix {
         let (mut count, mut nonzero) = (vec![0u64; n + 1], vec![0u64; n + 1]);
         let (mut hlnh, mut hlnh_err) = (vec![0f64; n + 1], vec![0f64; n + 1]);
         for j in 0..n {
-            count[j + 1] = count[j] + h[j];
+            // Counts past u64 (never from a real tensor) have no defined divergence.
+            count[j + 1] = count[j].checked_add(h[j])?;
             nonzero[j + 1] = nonzero[j] + (h[j] > 0) as u64;
             let g = if h[j] > 0 { h[j] as f64 * (h[j] as f64).ln() } else { 0.0 };
             let (s, e) = two_sum(hlnh[j], g);
@@ -98,7 +120,8 @@ impl Prefix {
         if total == 0.0 {
             return None;
         }
-        Some(Prefix { h, count, nonzero, hlnh, hlnh_err, total, ln_total: total.ln() })
+        let hf = h.iter().map(|&c| c as f64).collect();
+        Some(Prefix { h, hf, count, nonzero, hlnh, hlnh_err, total, ln_total: total.ln() })
     }
 
     /// `sum h ln h` over bins `a..b`.
@@ -120,36 +143,31 @@ impl Prefix {
     }
 
     /// Candidate `i` with `nq < i` levels: level `m` holds bins `ceil(m * i/nq) .. ceil((m+1) * i/nq)`.
-    fn divergence_levels(&self, i: usize, nq: u64) -> f64 {
+    fn divergence_levels(&self, i: usize, nq: usize, lv: &mut Levels) -> f64 {
         let below = self.count[i];
         if below == 0 {
             return f64::INFINITY;
         }
         let below = below as f64;
         let step = i as f64 / nq as f64;
-        let mut acc = 0.0;
-        let mut q_last = 0.0;
-        let mut b0 = 0usize;
-        for m in 0..nq {
-            let b1 = if m + 1 == nq { i } else { ((m + 1) as f64 * step).ceil() as usize };
+        lv.bounds.clear();
+        lv.bounds.extend((0..nq).map(|m| (m as f64 * step).ceil() as usize));
+        lv.bounds.push(i);
+        lv.q.clear();
+        lv.h.clear();
+        lv.g.clear();
+        for w in lv.bounds.windows(2) {
+            let (b0, b1) = (w[0], w[1]);
             let members = self.nonzero[b1] - self.nonzero[b0];
-            if members > 0 {
-                let level_total = (self.count[b1] - self.count[b0]) as f64;
-                let q = level_total / members as f64 / below;
-                // Every member bin but the candidate's last one: sum p ln(p / (q + floor)).
-                let end = if b1 == i { i - 1 } else { b1 };
-                let h = (self.count[end] - self.count[b0]) as f64;
-                if h > 0.0 {
-                    let g = self.hlnh_range(b0, end);
-                    acc += (g - h * (self.ln_total + (q + Q_FLOOR).ln())) / self.total;
-                }
-                if b1 == i {
-                    q_last = q;
-                }
-            }
-            b0 = b1;
+            let total = (self.count[b1] - self.count[b0]) as f64;
+            // The candidate's last bin takes the outliers: it is summed on its own.
+            let end = b1.min(i - 1);
+            lv.q.push(if members > 0 { total / members as f64 / below } else { 0.0 });
+            lv.h.push((self.count[end] - self.count[b0]) as f64);
+            lv.g.push(if end > b0 { self.hlnh_range(b0, end) } else { 0.0 });
         }
-        acc + self.last_bin_term(i, q_last)
+        let q_last = lv.q[nq - 1];
+        level_terms(&lv.q, &lv.h, &lv.g, self.ln_total) / self.total + self.last_bin_term(i, q_last)
     }
 
     /// Candidate `i` with `nq >= i`: every source bin is a level of its own.
@@ -159,15 +177,60 @@ impl Prefix {
             return f64::INFINITY;
         }
         let below = below as f64;
-        let mut acc = 0.0;
-        for &h in &self.h[..i - 1] {
-            if h > 0 {
-                let p = h as f64 / self.total;
-                let q = h as f64 / below + Q_FLOOR;
-                acc += p * (p / q).ln();
+        let last = self.h[i - 1] as f64;
+        bin_terms(&self.hf[..i - 1], self.total, below) + self.last_bin_term(i, last / below)
+    }
+}
+
+multiversion! {
+    /// `sum p ln(p / q)` over the non-empty bins `h` with `p = h / total`, `q = h / below + floor`,
+    /// in lanes of a fixed order.
+    fn bin_terms(h: &[f64], total: f64, below: f64) -> f64 {
+        const L: usize = 8;
+        let mut acc = [0f64; L];
+        let term = |h: f64| {
+            let p = h / total;
+            let q = h / below + Q_FLOOR;
+            // An empty bin contributes nothing: its logarithm is of 1.
+            let ratio = if h > 0.0 { p / q } else { 1.0 };
+            p * ln(ratio)
+        };
+        let mut chunks = h.chunks_exact(L);
+        for ch in &mut chunks {
+            for j in 0..L {
+                acc[j] += term(ch[j]);
             }
         }
-        acc + self.last_bin_term(i, self.h[i - 1] as f64 / below)
+        for (j, &v) in chunks.remainder().iter().enumerate() {
+            acc[j] += term(v);
+        }
+        acc.iter().sum()
+    }
+}
+
+multiversion! {
+    /// `sum over levels of h * ln(h_bins / (P * (q + floor)))` written as `g - h (ln P + ln(q + floor))`
+    /// for the levels' member bins (`g = sum h ln h`), in lanes of a fixed order.
+    fn level_terms(q: &[f64], h: &[f64], g: &[f64], ln_total: f64) -> f64 {
+        const L: usize = 8;
+        let mut acc = [0f64; L];
+        let n = q.len().min(h.len()).min(g.len());
+        let (q, h, g) = (&q[..n], &h[..n], &g[..n]);
+        let term = |q: f64, h: f64, g: f64| {
+            // A level without member bins has h = g = 0: its logarithm is of 1.
+            let arg = if h > 0.0 { q + Q_FLOOR } else { 1.0 };
+            g - h * (ln_total + ln(arg))
+        };
+        let full = n / L * L;
+        for base in (0..full).step_by(L) {
+            for j in 0..L {
+                acc[j] += term(q[base + j], h[base + j], g[base + j]);
+            }
+        }
+        for j in full..n {
+            acc[j - full] += term(q[j], h[j], g[j]);
+        }
+        acc.iter().sum()
     }
 }
 
@@ -236,6 +299,13 @@ mod tests {
                 assert!((d - want).abs() <= 1e-11 * want.abs().max(1e-3), "n {n} nq {nq} i {}: {d} vs {want}", k + 128);
             }
         }
+    }
+
+    #[test]
+    fn counts_past_u64_have_no_threshold() {
+        let mut hist = lcg_hist(512, 3, false);
+        hist[300] = u64::MAX;
+        assert_eq!(threshold_index(&hist, 128), None);
     }
 
     #[test]

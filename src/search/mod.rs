@@ -3,4 +3,5 @@
 
 pub mod candidates;
 pub mod kl;
+pub mod ln;
 pub mod percentile;

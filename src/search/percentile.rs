@@ -8,13 +8,14 @@
 /// assert_eq!(first_bin_reaching(&[5, 0, 3, 2], 5.0), 0);
 /// assert_eq!(first_bin_reaching(&[5, 0, 3, 2], 5.5), 2);
 /// assert_eq!(first_bin_reaching(&[5, 0, 3, 2], 10.5), 4);
+/// assert_eq!(first_bin_reaching(&[u64::MAX, u64::MAX], f32::MAX), 2); // no overflow
 /// ```
 pub fn first_bin_reaching(counts: &[u64], target: f32) -> usize {
     let target = target as f64;
     let mut cum: u64 = 0;
     for (i, &c) in counts.iter().enumerate() {
-        cum += c;
-        // Exact: cumulative counts stay far below 2^53.
+        cum = cum.saturating_add(c);
+        // Exact: cumulative counts of real tensors stay far below 2^53.
         if cum as f64 >= target {
             return i;
         }

@@ -1,11 +1,40 @@
 //! Process groups: how the ranks of a data-parallel calibration agree on statistics
 //! (`is_sync_quantize`, SPEC §4).
+//!
+//! | group | ranks | transport |
+//! |---|---|---|
+//! | [`SingleRank`] (the default) | one | none: every collective is the identity |
+//! | [`ThreadGroup`] | threads of one process | shared memory |
+//! | [`TcpGroup`] | processes on one or more machines ([`Rendezvous`], `torchrun`'s variables) | rank 0's [`TcpStore`] |
+//! | [`NcclGroup`] | one per GPU, processes or threads | NCCL on the device, with a CPU group beside it |
+//!
+//! Every wait across ranks has a timeout ([`default_timeout`]: `QCALIB_SYNC_TIMEOUT` seconds,
+//! 300 by default). A rank that never arrives, stops, or whose process ends makes the other ranks
+//! fail with an [`Error::Sync`](crate::Error::Sync) naming it, never hang; after a failed
+//! collective a group is broken and every later collective fails at once.
 
+mod contribution;
+mod nccl;
+mod nccl_probe;
+mod rendezvous;
 mod single;
+mod store;
+mod store_server;
+mod tcp;
+mod thread;
+mod timeout;
+mod wire;
 
 use std::fmt::Debug;
 
+pub use nccl::NcclGroup;
+pub use nccl_probe::{DRIVER_NEEDED, NcclInfo, probe_nccl};
+pub use rendezvous::Rendezvous;
 pub use single::SingleRank;
+pub use store::TcpStore;
+pub use tcp::TcpGroup;
+pub use thread::ThreadGroup;
+pub use timeout::{DEFAULT_TIMEOUT, TIMEOUT_VAR, default_timeout};
 
 use crate::error::Result;
 
@@ -24,7 +53,8 @@ pub enum ReduceOp {
 ///
 /// Every rank calls the same collectives in the same order with arrays of the same length;
 /// a collective returns on every rank with the reduced array, or an error on every rank that
-/// can detect the failure (a missing rank, a length mismatch, a timeout).
+/// can detect the failure (a missing rank, a length mismatch, a timeout). The CPU groups reduce
+/// in rank order, so every rank gets bit-identical results.
 pub trait ProcessGroup: Send + Sync + Debug {
     /// This rank, `0 .. world_size()`.
     fn rank(&self) -> usize;
@@ -32,10 +62,9 @@ pub trait ProcessGroup: Send + Sync + Debug {
     /// The number of ranks.
     fn world_size(&self) -> usize;
 
-    /// Reduces `data` elementwise over all ranks, in place. Only `Min` and `Max` are used on
-    /// floats.
+    /// Reduces `data` elementwise over all ranks, in place.
     fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> Result<()>;
 
-    /// Reduces `data` elementwise over all ranks, in place.
+    /// Reduces `data` elementwise over all ranks, in place (a sum that overflows is an error).
     fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> Result<()>;
 }

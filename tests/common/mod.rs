@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a plain reference implementation of SPEC, and helpers.
 #![allow(dead_code)]
 
+pub mod layout;
 pub mod reference;
 
 use std::path::PathBuf;

@@ -1,12 +1,17 @@
 //! `qcalib calibrate`: one observer per tensor (per name for `.safetensors`), batches in the
-//! order given, then the qparams.
+//! order given, then the qparams. With `--state FILE`, resumes from FILE and writes the state
+//! back after each batch. A multi-rank run (`--is-sync-quantize` with torchrun's variables) goes
+//! to [`crate::ranks`].
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::Path;
 
 use qcalib::Observer;
+use qcalib::sync::Rendezvous;
 
 use crate::report::{Report, TensorReport};
+use crate::state_file::{Observers, StateFile};
 use crate::{CalibrateArgs, Format};
 use qcalib::io::{Batch, read_batch};
 
@@ -15,6 +20,18 @@ const PROGRESS_FROM: usize = 8;
 
 pub fn run(args: &CalibrateArgs) -> Result<(), String> {
     let spec = args.spec();
+    if args.is_sync_quantize
+        && let Some(rv) = Rendezvous::from_env().map_err(|e| e.to_string())?
+    {
+        // Fail on a bad configuration before joining the other ranks.
+        spec.build().map_err(|e| e.to_string())?;
+        if args.state.is_some() {
+            return Err("--state is for a single rank: a multi-rank run (--is-sync-quantize with WORLD_SIZE > 1) \
+                        cannot be saved and resumed yet"
+                .into());
+        }
+        return crate::ranks::run(args, &spec, &rv);
+    }
     let new_observer = || -> Result<Box<dyn Observer>, String> {
         let mut obs = spec.build().map_err(|e| e.to_string())?;
         obs.set_device(args.device).map_err(|e| e.to_string())?;
@@ -23,35 +40,29 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
     // Fail on a bad configuration before reading any file.
     new_observer()?;
 
+    let (mut observers, mut files_observed) = match &args.state {
+        Some(path) if path.exists() => {
+            let saved = StateFile::read(path)?;
+            let files_observed = saved.files_observed;
+            (saved.restore(path, new_observer)?, files_observed)
+        }
+        _ => (Observers::Empty, 0),
+    };
+    if args.files.is_empty() && matches!(observers, Observers::Empty) {
+        let state = args.state.as_deref().map_or("".into(), |p| p.display().to_string());
+        return Err(format!("nothing to calibrate: no FILE given and no saved state in {state:?}"));
+    }
+
     let progress = (args.files.len() >= PROGRESS_FROM && std::io::stderr().is_terminal())
         .then(|| indicatif::ProgressBar::new(args.files.len() as u64));
-    let mut single: Option<Box<dyn Observer>> = None;
-    let mut named: BTreeMap<String, Box<dyn Observer>> = BTreeMap::new();
     for path in &args.files {
-        let at = |e: String| format!("{}: {e}", path.display());
-        match read_batch(path).map_err(|e| e.to_string())? {
-            Batch::Single(t) => {
-                if !named.is_empty() {
-                    return Err(at("a .npy batch among .safetensors batches".into()));
-                }
-                let obs = match &mut single {
-                    Some(o) => o,
-                    None => single.insert(new_observer()?),
-                };
-                obs.observe_tensor(&t.view()).map_err(|e| at(e.to_string()))?;
-            }
-            Batch::Named(tensors) => {
-                if single.is_some() {
-                    return Err(at("a .safetensors batch among .npy batches".into()));
-                }
-                for (name, t) in tensors {
-                    let obs = match named.get_mut(&name) {
-                        Some(o) => o,
-                        None => named.entry(name.clone()).or_insert(new_observer()?),
-                    };
-                    obs.observe_tensor(&t.view()).map_err(|e| at(format!("tensor {name:?}: {e}")))?;
-                }
-            }
+        // The whole file is read and checked before any observer sees it; on an error the state
+        // file keeps the state after the previous batch.
+        let batch = read_batch(path).map_err(|e| e.to_string())?;
+        observe(&mut observers, batch, path, &new_observer)?;
+        files_observed = files_observed.saturating_add(1);
+        if let Some(state) = &args.state {
+            StateFile::of(&observers, files_observed, path).write(state)?;
         }
         if let Some(p) = &progress {
             p.inc(1);
@@ -61,9 +72,10 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
         p.finish_and_clear();
     }
 
-    let report = match single {
-        Some(mut obs) => Report::Single(TensorReport::of(obs.as_mut())?),
-        None => Report::Named(
+    let report = match observers {
+        Observers::Empty => return Err("no batch has been observed".into()),
+        Observers::Single(mut obs) => Report::Single(TensorReport::of(obs.as_mut())?),
+        Observers::Named(named) => Report::Named(
             named
                 .into_iter()
                 .map(|(name, mut obs)| {
@@ -79,4 +91,42 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
         Format::Table => print!("{}", report.to_table()),
     }
     Ok(())
+}
+
+/// Observes one batch file: a `.npy` tensor with the single observer, the tensors of a
+/// `.safetensors` file each with the observer of its name (new names get a new observer).
+fn observe(
+    observers: &mut Observers,
+    batch: Batch,
+    path: &Path,
+    new_observer: &impl Fn() -> Result<Box<dyn Observer>, String>,
+) -> Result<(), String> {
+    let at = |e: String| format!("{}: {e}", path.display());
+    match batch {
+        Batch::Single(t) => {
+            if matches!(observers, Observers::Empty) {
+                *observers = Observers::Single(new_observer()?);
+            }
+            let Observers::Single(obs) = observers else {
+                return Err(at("a .npy batch among .safetensors batches".into()));
+            };
+            obs.observe_tensor(&t.view()).map_err(|e| at(e.to_string()))
+        }
+        Batch::Named(tensors) => {
+            if matches!(observers, Observers::Empty) {
+                *observers = Observers::Named(BTreeMap::new());
+            }
+            let Observers::Named(named) = observers else {
+                return Err(at("a .safetensors batch among .npy batches".into()));
+            };
+            for (name, t) in tensors {
+                let obs = match named.get_mut(&name) {
+                    Some(o) => o,
+                    None => named.entry(name.clone()).or_insert(new_observer()?),
+                };
+                obs.observe_tensor(&t.view()).map_err(|e| at(format!("tensor {name:?}: {e}")))?;
+            }
+            Ok(())
+        }
+    }
 }

@@ -1,9 +1,12 @@
 //! `qcalib`: calibrate quantization parameters from `.npy` / `.safetensors` batches, or run the
 //! built-in demo.
 
+mod bench;
 mod calibrate;
 mod demo;
+mod ranks;
 mod report;
+mod state_file;
 
 use std::process::ExitCode;
 
@@ -25,6 +28,8 @@ enum Command {
     Calibrate(CalibrateArgs),
     /// Run every observer on built-in synthetic tensors and print a table.
     Demo(DemoArgs),
+    /// Time every observer on generated data against the measured memory bandwidth.
+    Bench(BenchArgs),
 }
 
 /// Output formats.
@@ -84,8 +89,23 @@ struct CalibrateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Reduce min_val/max_val over all ranks before every scale (is_sync_quantize). Run one
+    /// qcalib per rank with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as
+    /// torchrun does); every rank prints the same qparams. --device cuda ranks use NCCL (on
+    /// cuda:LOCAL_RANK), the others rank 0's TCP store. Without those variables (or with WORLD_SIZE=1) there is one rank.
+    #[arg(long)]
+    is_sync_quantize: bool,
+    /// KL only (needs --is-sync-quantize): agree on the histogram range and sum the histograms
+    /// across ranks every batch, so that N ranks calibrate like one rank on all their batches.
+    #[arg(long)]
+    sync_histograms: bool,
+    /// Calibration state: resume from this file when it exists (it must match the observer and
+    /// its options), and write the state back to it after each batch (atomically). The FILEs
+    /// given are the new batches; with none, prints the qparams of the saved state.
+    #[arg(long, value_name = "STATE")]
+    state: Option<std::path::PathBuf>,
     /// Calibration batches, in order: .npy (one tensor) or .safetensors (named tensors).
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(required_unless_present = "state", value_name = "FILE")]
     files: Vec<std::path::PathBuf>,
 }
 
@@ -97,6 +117,22 @@ struct DemoArgs {
     /// Elements per synthetic activation tensor.
     #[arg(long, default_value_t = 1 << 20)]
     elements: usize,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Device: cpu, cuda or cuda:N (auto: CUDA when usable).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Elements of the generated f32 tensor.
+    #[arg(long, default_value_t = 1 << 26)]
+    elements: usize,
+    /// Timed runs per case (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
 }
 
 fn parse_kind(s: &str) -> Result<ObserverKind, String> {
@@ -132,6 +168,7 @@ impl CalibrateArgs {
         }
         quant.quant_min = self.quant_min;
         quant.quant_max = self.quant_max;
+        quant.is_sync_quantize = self.is_sync_quantize;
         ObserverSpec {
             kind: self.observer,
             quant,
@@ -139,7 +176,7 @@ impl CalibrateArgs {
             percentile: self.percentile,
             update_interval: self.update_interval,
             stride: self.stride,
-            sync_histograms: false,
+            sync_histograms: self.sync_histograms,
         }
     }
 }
@@ -149,6 +186,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Calibrate(args) => calibrate::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,64 +2,122 @@
 
 use super::simd::{LANES, multiversion};
 use super::walk::Reducer;
-use crate::arith::fake_quant;
+use crate::arith::{RECIPROCAL_RANGE_LIMIT, fake_quant, fake_quant_reciprocal};
 
 /// Values scored against every candidate before moving on (they stay in L1).
 const BLOCK: usize = 2048;
 
+/// Sums `d * d` into lane `j` of `acc` for the `d(j, v)` of `x`, lane `j` taking values
+/// `j, j + LANES, …`; then adds the lanes in a fixed pairwise order. The same order for every
+/// instruction set, so every kernel gives the same bits.
+#[inline(always)]
+fn lane_sum(x: &[f32], d: impl Fn(f32) -> f32) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for j in 0..LANES {
+            let e = d(ch[j]) as f64;
+            // The square of an f32 is exact in f64: a fused multiply-add rounds the same.
+            acc[j] = e.mul_add(e, acc[j]);
+        }
+    }
+    for (j, &v) in chunks.remainder().iter().enumerate() {
+        let e = d(v) as f64;
+        acc[j] = e.mul_add(e, acc[j]);
+    }
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+    }
+    acc[0]
+}
+
 multiversion! {
-    /// `sum((fq(x, s) - x)^2)` in f64, lane-parallel in a fixed order.
-    fn sq_err_sum(x: &[f32], s: f32, qmin: f32, qmax: f32) -> f64 {
-        let mut acc = [0f64; LANES];
-        let mut chunks = x.chunks_exact(LANES);
-        for ch in &mut chunks {
-            for j in 0..LANES {
-                let d = (fake_quant(ch[j], s, qmin, qmax) - ch[j]) as f64;
-                acc[j] += d * d;
-            }
-        }
-        for (j, &v) in chunks.remainder().iter().enumerate() {
-            let d = (fake_quant(v, s, qmin, qmax) - v) as f64;
-            acc[j] += d * d;
-        }
-        // A fixed pairwise order.
-        let mut w = LANES;
-        while w > 1 {
-            w /= 2;
-            for j in 0..w {
-                acc[j] += acc[j + w];
-            }
-        }
-        acc[0]
+    /// `sum((fq(x, s) - x)^2)` in f64, with a true division.
+    fn sq_err_sum_div(x: &[f32], s: f32, qmin: f32, qmax: f32) -> f64 {
+        lane_sum(x, |v| fake_quant(v, s, qmin, qmax) - v)
+    }
+}
+
+multiversion! {
+    /// `sum((fq(x, s) - x)^2)` in f64, with the corrected reciprocal (the same bits as the
+    /// division when the integer range is within ±2^22; needs hardware FMA to be fast).
+    fn sq_err_sum_fma(x: &[f32], s: f32, inv: f32, qmin: f32, qmax: f32) -> f64 {
+        lane_sum(x, |v| fake_quant_reciprocal(v, s, inv, qmin, qmax) - v)
     }
 }
 
 multiversion! {
     /// For rows of `err.len()` values (value `j` in channel `j`), adds the squared error of every
-    /// value under its channel's scale `s[j]` into `err[j]`.
-    fn sq_err_rows(rows: &[f32], s: &[f32], qmin: f32, qmax: f32, err: &mut [f64]) {
+    /// value under its channel's scale `s[j]` into `err[j]` (true division).
+    fn sq_err_rows_div(rows: &[f32], s: &[f32], qmin: f32, qmax: f32, err: &mut [f64]) {
         let channels = err.len();
         for row in rows.chunks_exact(channels) {
             for ((e, &v), &sc) in err.iter_mut().zip(row).zip(s) {
                 let d = (fake_quant(v, sc, qmin, qmax) - v) as f64;
-                *e += d * d;
+                *e = d.mul_add(d, *e);
             }
         }
     }
 }
 
+multiversion! {
+    /// [`sq_err_rows_div`] with the corrected reciprocals `inv[j] = 1 / s[j]`.
+    fn sq_err_rows_fma(rows: &[f32], s: &[f32], inv: &[f32], qmin: f32, qmax: f32, err: &mut [f64]) {
+        let channels = err.len();
+        for row in rows.chunks_exact(channels) {
+            for (((e, &v), &sc), &iv) in err.iter_mut().zip(row).zip(s).zip(inv) {
+                let d = (fake_quant_reciprocal(v, sc, iv, qmin, qmax) - v) as f64;
+                *e = d.mul_add(d, *e);
+            }
+        }
+    }
+}
+
+/// Whether the reciprocal kernels apply: hardware FMA, and an integer range within ±2^22.
+fn use_reciprocal(qmin: f32, qmax: f32) -> bool {
+    let small = qmin.abs() <= RECIPROCAL_RANGE_LIMIT && qmax.abs() <= RECIPROCAL_RANGE_LIMIT;
+    #[cfg(target_arch = "x86_64")]
+    let fma = std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fma = cfg!(target_feature = "fma") || cfg!(target_arch = "aarch64");
+    small && fma
+}
+
 /// Squared fake-quantization errors of `k` candidate scales per channel.
 pub(crate) struct FakeQuantReducer<'s> {
     /// Candidate scales, `k` rows of `channels` (candidate-major).
-    pub scales: &'s [f32],
+    scales: &'s [f32],
+    /// `1 / scales`, when the reciprocal kernels apply.
+    inverses: Option<Vec<f32>>,
     /// Candidates per channel.
-    pub k: usize,
+    k: usize,
     /// Channels.
-    pub channels: usize,
+    channels: usize,
     /// Lower clamp.
-    pub qmin: f32,
+    qmin: f32,
     /// Upper clamp.
-    pub qmax: f32,
+    qmax: f32,
+}
+
+impl<'s> FakeQuantReducer<'s> {
+    /// The reducer for `scales` (`[k][channels]`, every scale > 0) and the integer range.
+    pub(crate) fn new(scales: &'s [f32], k: usize, channels: usize, qmin: f32, qmax: f32) -> Self {
+        let inverses = use_reciprocal(qmin, qmax).then(|| scales.iter().map(|s| 1.0 / s).collect());
+        FakeQuantReducer { scales, inverses, k, channels, qmin, qmax }
+    }
+
+    /// The error sum of one channel's values under candidate `kk`.
+    fn sum(&self, x: &[f32], kk: usize, c: usize) -> f64 {
+        let i = kk * self.channels + c;
+        match &self.inverses {
+            Some(inv) => sq_err_sum_fma(x, self.scales[i], inv[i], self.qmin, self.qmax),
+            None => sq_err_sum_div(x, self.scales[i], self.qmin, self.qmax),
+        }
+    }
 }
 
 /// Error sums of a range of channels, candidate-major: `err[kk * count + (c - first)]`.
@@ -84,8 +142,7 @@ impl Reducer for FakeQuantReducer<'_> {
         let i = c - part.first;
         for block in x.chunks(BLOCK) {
             for kk in 0..self.k {
-                let s = self.scales[kk * self.channels + c];
-                part.err[kk * part.count + i] += sq_err_sum(block, s, self.qmin, self.qmax);
+                part.err[kk * part.count + i] += self.sum(block, kk, c);
             }
         }
     }
@@ -94,7 +151,10 @@ impl Reducer for FakeQuantReducer<'_> {
         for kk in 0..self.k {
             let s = &self.scales[kk * channels..][..channels];
             let err = &mut part.err[kk * channels..][..channels];
-            sq_err_rows(rows, s, self.qmin, self.qmax, err);
+            match &self.inverses {
+                Some(inv) => sq_err_rows_fma(rows, s, &inv[kk * channels..][..channels], self.qmin, self.qmax, err),
+                None => sq_err_rows_div(rows, s, self.qmin, self.qmax, err),
+            }
         }
     }
 
@@ -121,16 +181,52 @@ impl Reducer for FakeQuantReducer<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::arith::fake_quant_reciprocal;
+
     use super::*;
     use crate::arith::fake_quant_sq_err;
 
     #[test]
     fn sums_match_a_plain_loop() {
         let x: Vec<f32> = (0..5003).map(|i| ((i as f32) * 0.71).cos() * 2.5).collect();
-        for s in [0.01f32, 0.02, 0.5] {
+        for s in [0.01f32, 0.02, 0.5, f32::EPSILON, 3.7e5] {
             let want: f64 = x.iter().map(|&v| fake_quant_sq_err(v, s, -128.0, 127.0)).sum();
-            let got = sq_err_sum(&x, s, -128.0, 127.0);
+            let got = sq_err_sum_div(&x, s, -128.0, 127.0);
             assert!((got - want).abs() <= 1e-12 * want, "s {s}: {got} vs {want}");
+            assert_eq!(sq_err_sum_fma(&x, s, 1.0 / s, -128.0, 127.0), got, "s {s}");
+        }
+    }
+
+    /// The reciprocal with one correction is the correctly rounded quotient: every mantissa of
+    /// four binades against a few awkward scales, and values around half-integer quotients.
+    #[test]
+    fn reciprocal_fake_quant_equals_the_division() {
+        let scales = [f32::EPSILON, 1.0e-3, 0.0371, 0.1, 1.0 / 3.0, 7.7, 1.0e5];
+        for &s in &scales {
+            let inv = 1.0 / s;
+            for exp in [100u32, 120, 127, 140] {
+                for m in (0..1u32 << 23).step_by(97) {
+                    for x in [f32::from_bits((exp << 23) | m), -f32::from_bits((exp << 23) | m)] {
+                        let (a, b) = (fake_quant(x, s, -128.0, 127.0), fake_quant_reciprocal(x, s, inv, -128.0, 127.0));
+                        assert_eq!(a.to_bits(), b.to_bits(), "x {x} s {s}");
+                    }
+                }
+            }
+            for k in -140..140 {
+                let x0 = (k as f32 + 0.5) * s;
+                for d in -4i32..=4 {
+                    let x = f32::from_bits((x0.to_bits() as i32 + d) as u32);
+                    let qmax = 32767.0;
+                    let (a, b) = (fake_quant(x, s, -32768.0, qmax), fake_quant_reciprocal(x, s, inv, -32768.0, qmax));
+                    assert_eq!(a.to_bits(), b.to_bits(), "x {x} s {s}");
+                }
+            }
+        }
+        for x in [f32::MAX, -f32::MAX, 1e30, -1e-45, 0.0, -0.0] {
+            assert_eq!(
+                fake_quant_reciprocal(x, f32::EPSILON, 1.0 / f32::EPSILON, -8.0, 7.0),
+                fake_quant(x, f32::EPSILON, -8.0, 7.0)
+            );
         }
     }
 }

@@ -1,48 +1,57 @@
 //! Histograms of `|x|` with the exact bin rule of SPEC §5.
 
+use std::sync::Mutex;
+
 use super::simd::multiversion;
 use super::walk::Reducer;
 
 /// The bin of `|v|` in a histogram of `bins` bins on `[0, hi]` (`hi > 0`), or `bins` when `|v|`
 /// is outside the range (not counted). SPEC §5: `floor(f32(f32(|v| * bins) / hi))`, every step
-/// rounded to f32, with the top edge (and any overflow of the product) in the last bin.
+/// rounded to f32, with the top edge in the last bin. **Deviation**: where `|v| * bins` overflows
+/// f32 (`|v| > f32::MAX / bins`, so only for ranges beyond about 1e35), the bin is
+/// `floor(f32(f32(|v| / hi) * bins))` instead of the last bin that the overflow would give.
 #[inline(always)]
 pub(crate) fn bin_of(v: f32, bins_f: f32, top: f32, hi: f32, bins: u32) -> u32 {
     let a = v.abs();
-    let pos = (a * bins_f) / hi;
-    let pos = if pos < top { pos } else { top }; // also catches +inf (and NaN, never counted)
-    // `pos` is in [0, bins - 1]: the conversion is a plain truncation, i.e. floor.
-    let b = pos as u32;
-    if a > hi || a.is_nan() { bins } else { b }
+    let product = a * bins_f;
+    let pos = if product < f32::INFINITY { product / hi } else { (a / hi) * bins_f };
+    let pos = if pos < top { pos } else { top }; // also catches NaN
+    // `pos` is in [0, bins - 1] (< 2^23): adding 2^23 to its integer part puts that integer in
+    // the low mantissa bits, exactly (a branch-free, vectorisable floor).
+    let b = (pos.trunc() + 8_388_608.0).to_bits() & 0x007f_ffff;
+    if a <= hi { b } else { bins } // NaN fails the test too: never counted
 }
 
 /// Values whose bins are computed at a time, before the counts are bumped.
 const BLOCK: usize = 256;
 
+/// Interleaved sub-histograms: consecutive values bump different copies, so runs of values in
+/// the same bin (the common case: activations crowd a few bins) do not wait on each other.
+pub(crate) const COPIES: usize = 8;
+
+/// Counters from one copy to the next: room for `bins + 1`, rounded so that the copies start
+/// 512 bytes apart modulo 4 KiB (the same bin of two copies must not alias in the store buffer).
+fn copy_stride(bins: usize) -> usize {
+    (bins + 1).div_ceil(1024) * 1024 + 128
+}
+
 multiversion! {
-    /// Adds the histogram of `|x|` on `[0, hi]` into four interleaved sub-histograms of
-    /// `bins + 1` counters each (the extra one takes the values outside the range).
+    /// Adds the histogram of `|x|` on `[0, hi]` into [`COPIES`] interleaved sub-histograms of
+    /// [`copy_stride`] counters each (counter `bins` takes the values outside the range).
     fn accumulate(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) {
-        let stride = bins + 1;
-        let (s0, rest) = sub.split_at_mut(stride);
-        let (s1, rest) = rest.split_at_mut(stride);
-        let (s2, s3) = rest.split_at_mut(stride);
         let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
+        // Value i of a block goes to copy i % COPIES. The bins are computed for a whole block in
+        // one vectorised loop, and counted in a second, scalar one (fusing them would scalarise
+        // the first).
+        let stride = copy_stride(bins);
+        let offset: [u32; BLOCK] = std::array::from_fn(|i| ((i % COPIES) * stride) as u32);
         let mut idx = [0u32; BLOCK];
         for block in x.chunks(BLOCK) {
-            for (i, &v) in idx.iter_mut().zip(block) {
-                *i = bin_of(v, bins_f, top, hi, nb);
+            for ((slot, &v), &off) in idx.iter_mut().zip(block).zip(&offset) {
+                *slot = bin_of(v, bins_f, top, hi, nb) + off;
             }
-            let idx = &idx[..block.len()];
-            let mut quads = idx.chunks_exact(4);
-            for q in &mut quads {
-                s0[q[0] as usize] += 1;
-                s1[q[1] as usize] += 1;
-                s2[q[2] as usize] += 1;
-                s3[q[3] as usize] += 1;
-            }
-            for &b in quads.remainder() {
-                s0[b as usize] += 1;
+            for &j in &idx[..block.len()] {
+                sub[j as usize] += 1;
             }
         }
     }
@@ -68,14 +77,42 @@ pub(crate) struct HistogramPart {
 /// Values the u32 scratch takes before it is flushed (each counter stays below 2^32).
 const SCRATCH_LIMIT: u64 = 1 << 31;
 
+/// Scratch buffers kept for reuse: allocating and freeing them for every piece of every batch
+/// costs page faults (the allocator returns large blocks to the system).
+static SCRATCH_POOL: Mutex<Vec<Vec<u32>>> = Mutex::new(Vec::new());
+
+/// Scratches the pool keeps at most.
+const POOL_SIZE: usize = 64;
+
+/// A zeroed scratch of `len` counters.
+fn take_scratch(len: usize) -> Vec<u32> {
+    let mut pool = SCRATCH_POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match pool.iter().position(|s| s.len() == len) {
+        Some(i) => pool.swap_remove(i),
+        None => vec![0; len],
+    }
+}
+
+/// Returns a zeroed scratch to the pool.
+fn give_back_scratch(scratch: Vec<u32>) {
+    if scratch.is_empty() {
+        return;
+    }
+    let mut pool = SCRATCH_POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if pool.len() < POOL_SIZE {
+        pool.push(scratch);
+    }
+}
+
 impl HistogramPart {
     fn flush(&mut self) {
         if let Some(c) = self.scratch_channel.take() {
-            let stride = self.bins + 1;
+            let stride = copy_stride(self.bins);
             let dst = &mut self.counts[(c - self.first) * self.bins..][..self.bins];
-            for (b, d) in dst.iter_mut().enumerate() {
-                let s = &mut self.scratch;
-                *d += s[b] as u64 + s[stride + b] as u64 + s[2 * stride + b] as u64 + s[3 * stride + b] as u64;
+            for copy in self.scratch.chunks_exact(stride) {
+                for (d, &s) in dst.iter_mut().zip(copy) {
+                    *d += s as u64;
+                }
             }
             self.scratch.iter_mut().for_each(|s| *s = 0);
             self.scratch_values = 0;
@@ -85,7 +122,17 @@ impl HistogramPart {
     /// The counts, `bins` per channel.
     pub(crate) fn into_counts(mut self) -> Vec<u64> {
         self.flush();
-        self.counts
+        std::mem::take(&mut self.counts)
+    }
+}
+
+impl Drop for HistogramPart {
+    fn drop(&mut self) {
+        // Unflushed counts are lost with the part; the scratch must go back zeroed.
+        if self.scratch_channel.is_some() {
+            self.scratch.iter_mut().for_each(|s| *s = 0);
+        }
+        give_back_scratch(std::mem::take(&mut self.scratch));
     }
 }
 
@@ -104,7 +151,7 @@ impl Reducer for HistogramReducer {
     }
 
     fn part_bytes(&self, count: usize) -> usize {
-        8 * count * self.bins + 16 * (self.bins + 1)
+        8 * count * self.bins + 4 * COPIES * copy_stride(self.bins)
     }
 
     fn run(&self, part: &mut HistogramPart, c: usize, x: &[f32]) {
@@ -120,7 +167,7 @@ impl Reducer for HistogramReducer {
             if part.scratch_channel != Some(c) || part.scratch_values + piece.len() as u64 > SCRATCH_LIMIT {
                 part.flush();
                 if part.scratch.is_empty() {
-                    part.scratch = vec![0; 4 * (self.bins + 1)];
+                    part.scratch = take_scratch(COPIES * copy_stride(self.bins));
                 }
                 part.scratch_channel = Some(c);
             }
@@ -151,7 +198,7 @@ impl Reducer for HistogramReducer {
     fn merge(&self, part: &mut HistogramPart, mut other: HistogramPart) {
         part.flush();
         other.flush();
-        for (a, b) in part.counts.iter_mut().zip(other.counts) {
+        for (a, b) in part.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
     }
@@ -200,6 +247,7 @@ mod tests {
         assert_eq!(bin_of(-3.0, 4.0, 3.0, 3.0, 4), 3);
         assert_eq!(bin_of(3.5, 4.0, 3.0, 3.0, 4), 4);
         assert_eq!(bin_of(3.0e38, 2048.0, 2047.0, 3.0e38, 2048), 2047);
+        assert_eq!(bin_of(1.0e36, 2048.0, 2047.0, 3.0e38, 2048), 6);
     }
 
     #[test]

@@ -74,18 +74,33 @@ multiversion! {
 
 multiversion! {
     /// Folds rows of `lo.len()` values (value `j` in channel `j`) into per-channel extremes;
-    /// returns how many values were non-finite.
+    /// returns how many values were non-finite. Four rows at a time, so the running extremes
+    /// are read and written once per four values.
     fn extremes_rows(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> u64 {
         let channels = lo.len();
         let mut nf = 0u64;
-        for row in rows.chunks_exact(channels) {
-            let mut row_nf = 0u32;
+        let mut quads = rows.chunks_exact(4 * channels);
+        for quad in &mut quads {
+            let (r0, rest) = quad.split_at(channels);
+            let (r1, rest) = rest.split_at(channels);
+            let (r2, r3) = rest.split_at(channels);
+            let mut quad_nf = 0u64;
+            for j in 0..channels {
+                let (a, b, c, d) = (r0[j], r1[j], r2[j], r3[j]);
+                lo[j] = min(lo[j], min(min(a, b), min(c, d)));
+                hi[j] = max(hi[j], max(max(a, b), max(c, d)));
+                quad_nf += (non_finite(a) + non_finite(b) + non_finite(c) + non_finite(d)) as u64;
+            }
+            nf += quad_nf;
+        }
+        for row in quads.remainder().chunks_exact(channels) {
+            let mut row_nf = 0u64;
             for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
                 *l = min(*l, v);
                 *h = max(*h, v);
-                row_nf += non_finite(v);
+                row_nf += non_finite(v) as u64;
             }
-            nf += row_nf as u64;
+            nf += row_nf;
         }
         nf
     }

@@ -1,15 +1,18 @@
 //! The CPU engine: rayon across cores, vectorised loops within a core.
 
 mod fake_quant;
+mod fused;
 mod histogram;
 mod min_max;
-mod simd;
+pub(crate) mod simd;
 mod walk;
+pub(crate) mod widen;
 
 use crate::engine::Extremes;
 use crate::tensor::{HostLayout, TensorView, with_view};
 
 use fake_quant::FakeQuantReducer;
+use fused::Both;
 use histogram::HistogramReducer;
 use min_max::ExtremesReducer;
 use walk::reduce;
@@ -26,6 +29,13 @@ pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64
     with_view!(x, v => reduce(HostLayout::new(v, None), &r)).into_counts()
 }
 
+/// The extremes and the histogram of `|x|` on `[0, hi]` in one pass over the tensor.
+pub(crate) fn extremes_and_abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> (Extremes, Vec<u64>) {
+    let r = Both(ExtremesReducer, HistogramReducer { bins, hi });
+    let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, None), &r));
+    (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
+}
+
 /// Sums of squared fake-quantization errors, `[k][channels]`, for the candidate scales
 /// `scales` (`[k][channels]`).
 pub(crate) fn fake_quant_errors(
@@ -37,6 +47,6 @@ pub(crate) fn fake_quant_errors(
     qmax: f32,
 ) -> Vec<f64> {
     let channels = axis.map_or(1, |a| x.shape()[a]);
-    let r = FakeQuantReducer { scales, k, channels, qmin, qmax };
+    let r = FakeQuantReducer::new(scales, k, channels, qmin, qmax);
     with_view!(x, v => reduce(HostLayout::new(v, axis), &r)).err
 }

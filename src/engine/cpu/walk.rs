@@ -52,11 +52,32 @@ pub(crate) fn reduce<T: Element, R: Reducer>(layout: HostLayout<'_, T>, r: &R) -
             reduce_rows(data, outer, channels, r)
         }
         HostLayout::Dense { data, outer, channels, inner } => {
-            let parts = (0..channels)
-                .into_par_iter()
-                .map(|c| reduce_channel_runs(data, outer, channels, inner, c, r))
-                .collect();
-            r.concat(parts)
+            let per_channel = outer * inner;
+            if per_channel >= CHUNK || channels == 1 {
+                let parts = (0..channels)
+                    .into_par_iter()
+                    .map(|c| reduce_channel_runs(data, outer, channels, inner, c, r))
+                    .collect();
+                r.concat(parts)
+            } else {
+                // Small channels: a task takes a range of them, each channel whole and in order.
+                let group = CHUNK.div_ceil(per_channel.max(1));
+                let parts = (0..channels.div_ceil(group))
+                    .into_par_iter()
+                    .map(|g| {
+                        let (first, last) = (g * group, ((g + 1) * group).min(channels));
+                        let mut part = r.part(first, last - first);
+                        for c in first..last {
+                            for o in 0..outer {
+                                let start = (o * channels + c) * inner;
+                                feed(r, &mut part, c, &data[start..start + inner]);
+                            }
+                        }
+                        part
+                    })
+                    .collect();
+                r.concat(parts)
+            }
         }
         HostLayout::Strided { view, axis: None } => reduce_strided(&view, 0, r),
         HostLayout::Strided { view, axis: Some(axis) } => {

@@ -170,6 +170,19 @@ fn histograms_are_identical() {
 }
 
 #[test]
+fn histograms_of_huge_values_are_identical() {
+    let Some(g) = gpu("histograms_of_huge_values_are_identical") else { return };
+    // |v| * bins overflows f32: the CPU's bin rule takes |v| / hi first there.
+    let x: Vec<f32> = values(100_003, 17).into_iter().map(|v| v * 1e36).collect();
+    let t = TensorView::from(&x);
+    let batch = loaded(&g, &Input::Host(t.clone()));
+    let e = cpu::extremes(&t, None);
+    for (bins, hi) in [(2048, (-e.min[0]).max(e.max[0])), (7, 3.4e38)] {
+        assert!(g.abs_histogram(&batch, bins, hi).unwrap() == cpu::abs_histogram(&t, bins, hi), "bins {bins}");
+    }
+}
+
+#[test]
 fn fake_quant_error_sums_agree() {
     let Some(g) = gpu("fake_quant_error_sums_agree") else { return };
     let mut rng = Rng::new(5);

@@ -1,0 +1,314 @@
+//! Saved calibration state: everything an observer has accumulated, in a documented, versioned
+//! JSON format, so that a calibration interrupted after any batch resumes exactly where it
+//! stopped (bit for bit the result of an uninterrupted run).
+//!
+//! ```
+//! use qcalib::{KlConfig, KlObserver, Observer, ObserverState};
+//! let batches: Vec<Vec<f32>> = (0..4).map(|b| (0..5000).map(|i| ((i * (b + 3)) as f32 * 0.01).sin()).collect()).collect();
+//! let config = KlConfig { update_interval: 3, ..Default::default() };
+//!
+//! let mut first = KlObserver::new(config.clone())?;
+//! first.observe(&batches[0])?;
+//! first.observe(&batches[1])?;
+//! let saved: String = first.save_state().to_json()?;      // e.g. written to a file
+//!
+//! let mut resumed = ObserverState::from_json(&saved)?.into_observer()?; // after a restart
+//! resumed.observe(&batches[2])?;
+//! resumed.observe(&batches[3])?;
+//!
+//! let mut uninterrupted = KlObserver::new(config)?;
+//! for b in &batches {
+//!     uninterrupted.observe(b)?;
+//! }
+//! assert_eq!(resumed.save_state(), uninterrupted.save_state());
+//! assert_eq!(resumed.qparams()?, uninterrupted.qparams()?);
+//! # Ok::<(), qcalib::Error>(())
+//! ```
+//!
+//! # Format (version 1)
+//!
+//! One JSON object:
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `format` | string | always `"qcalib-observer-state"` |
+//! | `version` | integer | the format version, `1` |
+//! | `config` | object | the observer and all its parameters ([`ObserverConfig`]): `"observer"` (the CLI's name, e.g. `"kl"`), then the plugin's parameter names (`averaging_constant`, `ch_axis`, `dtype`, `qscheme`, `quant_min`, `quant_max`, `is_sync_quantize`, and the observer's own: `bins`, `percentile`, `update_interval`, `sync_histograms`, `stride`) |
+//! | `batches` | integer | non-empty batches observed |
+//! | `min_val`, `max_val` | arrays of numbers | the running minimum and maximum (SPEC §2): empty before any statistics, then one value per tensor or per channel |
+//! | `kl_window` | object | KL only: the window in progress ([`KlWindow`]): `hist` (counts per bin), `edges` (`hist.len() + 1` bin edges, empty before the range starts), `width` (the bin width), `zeros` (zeros seen before the range started), `step` (batches in the window) |
+//!
+//! Numbers are written in the shortest form that reads back to the same f32, so a state read
+//! back is bit for bit the state saved. Counts are at most `2^63 - 1`.
+//!
+//! Reading refuses, with an [`Error`] that says why: another `format`, a `version` this build
+//! does not know (a newer qcalib's), unknown or missing fields, and contents that contradict
+//! each other or the configuration (e.g. `min_val` and `max_val` of different lengths, a KL
+//! histogram without its edges). Loading into an observer also refuses a state of another kind
+//! or with other parameters ([`Error::StateMismatch`] names the parameter).
+//!
+//! What a state does not hold: the device and the process group (set them on the observer
+//! after restoring it).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::MAX_BINS;
+use crate::error::{Error, Result};
+use crate::observer::core::RangeStats;
+use crate::observer::{KlWindow, Observer, ObserverConfig, ObserverKind};
+
+/// The largest count a state holds (what JSON readers of other languages read as an integer).
+const MAX_COUNT: u64 = i64::MAX as u64;
+
+/// The full calibration state of one observer (see the [module documentation](self) for the
+/// format). Get it with [`Observer::save_state`]; resume with [`ObserverState::into_observer`],
+/// [`Observer::load_state`] or the observer type's `restore`.
+///
+/// It serialises with serde (the derived `Serialize`); deserialising checks `format` and
+/// `version` first, so a state of a future version is refused with a clear error whatever its
+/// fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct ObserverState {
+    /// Always [`ObserverState::FORMAT`].
+    pub format: String,
+    /// The format version, [`ObserverState::VERSION`].
+    pub version: u32,
+    /// The observer and its parameters.
+    pub config: ObserverConfig,
+    /// Non-empty batches observed.
+    pub batches: u64,
+    /// The running minimum (empty before any statistics).
+    pub min_val: Vec<f32>,
+    /// The running maximum (empty before any statistics).
+    pub max_val: Vec<f32>,
+    /// The KL window in progress (KL only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_window: Option<KlWindow>,
+}
+
+/// [`ObserverState`]'s fields as read, before the checks of the header.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fields {
+    format: String,
+    version: u32,
+    config: ObserverConfig,
+    batches: u64,
+    min_val: Vec<f32>,
+    max_val: Vec<f32>,
+    #[serde(default)]
+    kl_window: Option<KlWindow>,
+}
+
+impl TryFrom<Value> for ObserverState {
+    type Error = Error;
+
+    fn try_from(value: Value) -> Result<Self> {
+        check_header(&value)?;
+        let f: Fields =
+            serde_json::from_value(value).map_err(|e| Error::State(format!("malformed observer state: {e}")))?;
+        Ok(ObserverState {
+            format: f.format,
+            version: f.version,
+            config: f.config,
+            batches: f.batches,
+            min_val: f.min_val,
+            max_val: f.max_val,
+            kl_window: f.kl_window,
+        })
+    }
+}
+
+/// Checks `format` and `version` of a state read as JSON, before anything else in it.
+fn check_header(value: &Value) -> Result<()> {
+    let format = value.get("format").and_then(Value::as_str);
+    if format != Some(ObserverState::FORMAT) {
+        let found = value.get("format").map_or("no `format` field".to_string(), |f| format!("`format` {f}"));
+        return Err(Error::State(format!(
+            "not a qcalib observer state ({found}, expected {:?})",
+            ObserverState::FORMAT
+        )));
+    }
+    check_version(value.get("version").and_then(Value::as_u64))
+}
+
+fn check_version(version: Option<u64>) -> Result<()> {
+    match version {
+        Some(v) if v == ObserverState::VERSION as u64 => Ok(()),
+        Some(v) if v > ObserverState::VERSION as u64 => Err(Error::State(format!(
+            "format version {v} was written by a newer qcalib; this one reads version {}",
+            ObserverState::VERSION
+        ))),
+        Some(v) => Err(Error::State(format!("unknown format version {v}"))),
+        None => Err(Error::State("no format `version` (a non-negative integer)".into())),
+    }
+}
+
+impl ObserverState {
+    /// The value of the `format` field.
+    pub const FORMAT: &'static str = "qcalib-observer-state";
+    /// The format version this build writes and reads.
+    pub const VERSION: u32 = 1;
+
+    /// A state of the current format.
+    pub(crate) fn new(config: ObserverConfig, stats: &RangeStats, batches: u64, kl_window: Option<KlWindow>) -> Self {
+        ObserverState {
+            format: Self::FORMAT.to_string(),
+            version: Self::VERSION,
+            config,
+            batches,
+            min_val: stats.min_val.clone(),
+            max_val: stats.max_val.clone(),
+            kl_window,
+        }
+    }
+
+    /// Which observer the state is of.
+    pub fn kind(&self) -> ObserverKind {
+        self.config.kind()
+    }
+
+    /// The state as compact JSON. An error (instead of a file that could not be read back) if
+    /// the state holds a non-finite number, which no observer produces.
+    pub fn to_json(&self) -> Result<String> {
+        self.validate()?;
+        serde_json::to_string(self).map_err(|e| Error::State(format!("cannot write the state as JSON: {e}")))
+    }
+
+    /// Reads a state written by [`ObserverState::to_json`] (or any JSON of the format), checking
+    /// the format, the version and the consistency of the contents.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).map_err(|e| Error::State(format!("not valid JSON: {e}")))?;
+        let state = ObserverState::try_from(value)?;
+        state.validate()?;
+        Ok(state)
+    }
+
+    /// A new observer of the state's kind and configuration, holding the state (on the default
+    /// device and a single-rank process group).
+    ///
+    /// ```
+    /// use qcalib::{MinMaxObserver, Observer, ObserverKind, QuantConfig};
+    /// let mut obs = MinMaxObserver::new(QuantConfig::per_channel(0))?;
+    /// obs.observe(&ndarray::array![[1.0f32, -2.0], [0.5, 4.0]])?;
+    /// let copy = obs.save_state().into_observer()?;
+    /// assert_eq!(copy.kind(), ObserverKind::MinMax);
+    /// assert_eq!(copy.max_val(), Some(&[1.0f32, 4.0][..]));
+    /// # Ok::<(), qcalib::Error>(())
+    /// ```
+    pub fn into_observer(self) -> Result<Box<dyn Observer>> {
+        self.check_format()?;
+        let mut obs = self.config.build()?;
+        obs.load_state(&self)?;
+        Ok(obs)
+    }
+
+    /// Checks the `format` and `version` fields.
+    pub(crate) fn check_format(&self) -> Result<()> {
+        if self.format != Self::FORMAT {
+            return Err(Error::State(format!(
+                "not a qcalib observer state (`format` {:?}, expected {:?})",
+                self.format,
+                Self::FORMAT
+            )));
+        }
+        check_version(Some(self.version as u64))
+    }
+
+    /// Checks that the state can be loaded into an observer whose configuration is `current`:
+    /// the format, the kind, every parameter, and the contents.
+    pub(crate) fn check_for(&self, current: &ObserverConfig) -> Result<()> {
+        self.check_format()?;
+        check_same_config(&self.config, current)?;
+        self.validate()
+    }
+
+    /// Checks the format, the version, and that the contents agree with each other and with the
+    /// state's configuration (what [`ObserverState::from_json`] and loading check).
+    pub fn validate(&self) -> Result<()> {
+        self.check_format()?;
+        let bad = |what: String| Err(Error::State(what));
+        if self.min_val.len() != self.max_val.len() {
+            return bad(format!("`min_val` has {} value(s) but `max_val` {}", self.min_val.len(), self.max_val.len()));
+        }
+        if !self.config.quant().qscheme.is_per_channel() && self.min_val.len() > 1 {
+            return bad(format!("a per-tensor observer with {} values in `min_val`", self.min_val.len()));
+        }
+        if let Some(v) = self.min_val.iter().chain(&self.max_val).find(|v| !v.is_finite()) {
+            return bad(format!("`min_val`/`max_val` hold the non-finite value {v}"));
+        }
+        if self.batches > MAX_COUNT {
+            return bad(format!("`batches` {} is more than {MAX_COUNT}", self.batches));
+        }
+        match (&self.config, &self.kl_window) {
+            (ObserverConfig::Kl(config), Some(window)) => check_kl_window(window, config.bins, config.update_interval),
+            (ObserverConfig::Kl(_), None) => bad("a KL observer state without its `kl_window`".into()),
+            (_, Some(_)) => bad(format!("a `kl_window` in the state of a {} observer", self.kind())),
+            (_, None) => Ok(()),
+        }
+    }
+}
+
+/// The checks of a KL window that keep the observer's arithmetic sound.
+fn check_kl_window(w: &KlWindow, bins: usize, update_interval: usize) -> Result<()> {
+    let bad = |what: String| Err(Error::State(format!("`kl_window`: {what}")));
+    if w.step >= update_interval {
+        return bad(format!("`step` {} is not below `update_interval` {update_interval}", w.step));
+    }
+    if !w.width.is_finite() || w.width < 0.0 {
+        return bad(format!("`width` {} is not a finite non-negative number", w.width));
+    }
+    if let Some(e) = w.edges.iter().find(|e| !e.is_finite()) {
+        return bad(format!("the edge {e} is not finite"));
+    }
+    if w.edges.is_empty() {
+        if !w.hist.is_empty() {
+            return bad(format!("{} histogram bins but no edges", w.hist.len()));
+        }
+    } else {
+        if w.edges.len() != w.hist.len() + 1 {
+            return bad(format!("{} edges for {} bins (needs bins + 1)", w.edges.len(), w.hist.len()));
+        }
+        if w.hist.len() < bins || w.hist.len() > MAX_BINS {
+            return bad(format!("{} bins, outside {bins} ..= {MAX_BINS}", w.hist.len()));
+        }
+        if w.zeros != 0 {
+            return bad(format!("{} zeros held back after the range started", w.zeros));
+        }
+    }
+    let total = w.hist.iter().try_fold(w.zeros, |a, &c| a.checked_add(c));
+    if total.is_none_or(|t| t > MAX_COUNT) {
+        return bad(format!("the counts add up to more than {MAX_COUNT}"));
+    }
+    Ok(())
+}
+
+/// An [`Error::StateMismatch`] naming the first parameter in which `saved` and `current` differ.
+fn check_same_config(saved: &ObserverConfig, current: &ObserverConfig) -> Result<()> {
+    if saved == current {
+        return Ok(());
+    }
+    let mismatch = |parameter: &str, saved: String, current: String| {
+        Err(Error::StateMismatch { parameter: parameter.to_string(), saved, current })
+    };
+    if saved.kind() != current.kind() {
+        return mismatch("observer", saved.kind().to_string(), current.kind().to_string());
+    }
+    let (Ok(Value::Object(s)), Ok(Value::Object(c))) = (serde_json::to_value(saved), serde_json::to_value(current))
+    else {
+        return mismatch("config", format!("{saved:?}"), format!("{current:?}"));
+    };
+    for (key, sv) in &s {
+        let cv = c.get(key).unwrap_or(&Value::Null);
+        if sv != cv {
+            return mismatch(key, sv.to_string(), cv.to_string());
+        }
+    }
+    match c.iter().find(|(key, _)| !s.contains_key(*key)) {
+        Some((key, cv)) => mismatch(key, "(absent)".into(), cv.to_string()),
+        // Equal as JSON but not as values: a float that prints alike (never seen; kept exact).
+        None => mismatch("config", format!("{saved:?}"), format!("{current:?}")),
+    }
+}
