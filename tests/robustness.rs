@@ -398,3 +398,18 @@ fn huge_values_land_in_their_own_histogram_bin() {
     let centre_of_bin_6 = 6.5f32 * (3e38f32 / 2048.0);
     assert_eq!(obs.max_val(), Some(&[centre_of_bin_6][..]));
 }
+
+/// A per-channel MSE on what is almost surely the wrong axis (a million channels of one value)
+/// is refused before it allocates 95 candidate scales and error sums per channel.
+#[test]
+fn mse_over_a_million_channels_is_refused_not_allocated() {
+    let x = vec![0.5f32; 1 << 20];
+    let mut obs = MseObserver::new(MseConfig { stride: 1, quant: QuantConfig::per_channel(0) }).unwrap();
+    let err = obs.observe(&x).unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    assert!(err.to_string().contains("ch_axis"), "{err}");
+    assert_eq!(obs.batches(), 0);
+    // With a stride the candidates are fewer and the same tensor is fine.
+    let mut obs = MseObserver::new(MseConfig { stride: 50, quant: QuantConfig::per_channel(0) }).unwrap();
+    obs.observe(&x).unwrap();
+}

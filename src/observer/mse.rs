@@ -3,13 +3,18 @@
 
 use crate::arith;
 use crate::config::MseConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
 use crate::search::candidates::{TieBreak, mse_candidates, pick_smallest};
+
+/// The most `channels x candidates` error sums an MSE batch may need (each takes a scale and an
+/// f64 sum): beyond it, a per-channel MSE is refused rather than allocating gigabytes, which
+/// almost always means the wrong `ch_axis`.
+pub const MAX_CANDIDATE_ERRORS: usize = 1 << 26;
 
 /// `MSEObserver`: per batch, the candidates `(mn * f_i, mx * f_i)` with `f_i = 1 - 0.01 i`,
 /// `i = 0, stride, … < 95`, are fake-quantized against the tensor (or each channel); the one with
@@ -67,10 +72,19 @@ impl Observer for MseObserver {
             return Ok(());
         }
         let axis = self.core.channel_axis(x)?;
+        let candidates = mse_candidates(self.stride);
+        let channels = axis.map_or(1, |a| x.shape()[a]);
+        if channels.saturating_mul(candidates.len()) > MAX_CANDIDATE_ERRORS {
+            return Err(Error::TooLarge(format!(
+                "MSE over {channels} channels x {} candidates needs more than {MAX_CANDIDATE_ERRORS} error sums \
+                 (is ch_axis {} the channel axis of this {:?} tensor?)",
+                candidates.len(),
+                self.core.quant.ch_axis,
+                x.shape()
+            )));
+        }
         let x = self.core.engine.load(x)?;
         let e = self.core.extremes(&x, axis)?;
-        let channels = e.min.len();
-        let candidates = mse_candidates(self.stride);
         let divisor = self.core.range.scale_divisor();
         // [candidate][channel]
         let scales: Vec<f32> = candidates

@@ -47,22 +47,28 @@ pub fn divergences(hist: &[u64], nq: u64) -> Vec<f64> {
     (START_BIN..=hist.len())
         .into_par_iter()
         .map_init(Levels::default, |levels, i| {
-            if nq >= i as u64 { prefix.divergence_per_bin(i) } else { prefix.divergence_levels(i, nq as usize, levels) }
+            if nq >= i as u64 {
+                prefix.divergence_per_bin(i)
+            } else {
+                candidate_levels(&prefix, i, nq as usize, levels)
+            }
         })
         .collect()
 }
 
-/// Per-level sums of one candidate, laid out for a vectorised pass (reused across candidates).
+/// One candidate's level boundaries and the prefix sums at them, laid out for a vectorised pass
+/// (reused across candidates).
 #[derive(Default)]
 struct Levels {
     /// Level `m` holds bins `bounds[m] .. bounds[m + 1]`.
     bounds: Vec<usize>,
-    /// `q + floor` of the level's member bins (1 for a level without members).
-    q: Vec<f64>,
-    /// Counts of the member bins, the candidate's last bin excluded.
-    h: Vec<f64>,
-    /// `sum h ln h` of the same bins.
-    g: Vec<f64>,
+    /// The prefix sums at the bounds: counts, non-empty bins, and `h ln h` (compensated).
+    count: Vec<f64>,
+    nonzero: Vec<f64>,
+    hlnh: Vec<f64>,
+    hlnh_err: Vec<f64>,
+    /// Per-level differences of the prefix sums (scratch of `level_sums`).
+    diff: [Vec<f64>; 3],
 }
 
 /// The largest `k` whose window sum `div[k] + … + div[k + 8]` is within [`TIE_RTOL`] of the
@@ -143,6 +149,7 @@ impl Prefix {
     }
 
     /// Candidate `i` with `nq < i` levels: level `m` holds bins `ceil(m * i/nq) .. ceil((m+1) * i/nq)`.
+    #[inline(always)]
     fn divergence_levels(&self, i: usize, nq: usize, lv: &mut Levels) -> f64 {
         let below = self.count[i];
         if below == 0 {
@@ -153,21 +160,35 @@ impl Prefix {
         lv.bounds.clear();
         lv.bounds.extend((0..nq).map(|m| (m as f64 * step).ceil() as usize));
         lv.bounds.push(i);
-        lv.q.clear();
-        lv.h.clear();
-        lv.g.clear();
-        for w in lv.bounds.windows(2) {
-            let (b0, b1) = (w[0], w[1]);
-            let members = self.nonzero[b1] - self.nonzero[b0];
-            let total = (self.count[b1] - self.count[b0]) as f64;
-            // The candidate's last bin takes the outliers: it is summed on its own.
-            let end = b1.min(i - 1);
-            lv.q.push(if members > 0 { total / members as f64 / below } else { 0.0 });
-            lv.h.push((self.count[end] - self.count[b0]) as f64);
-            lv.g.push(if end > b0 { self.hlnh_range(b0, end) } else { 0.0 });
-        }
-        let q_last = lv.q[nq - 1];
-        level_terms(&lv.q, &lv.h, &lv.g, self.ln_total) / self.total + self.last_bin_term(i, q_last)
+        let at = |v: &[u64], out: &mut Vec<f64>, bounds: &[usize]| {
+            out.clear();
+            out.extend(bounds.iter().map(|&b| v[b] as f64));
+        };
+        at(&self.count, &mut lv.count, &lv.bounds);
+        at(&self.nonzero, &mut lv.nonzero, &lv.bounds);
+        lv.hlnh.clear();
+        lv.hlnh.extend(lv.bounds.iter().map(|&b| self.hlnh[b]));
+        lv.hlnh_err.clear();
+        lv.hlnh_err.extend(lv.bounds.iter().map(|&b| self.hlnh_err[b]));
+        // Every level but the last, vectorised: its member bins are all below the last bin.
+        let n = nq; // prefix values at bounds 0 ..= nq - 1
+        let body = level_sums(
+            &lv.count[..n],
+            &lv.nonzero[..n],
+            &lv.hlnh[..n],
+            &lv.hlnh_err[..n],
+            below,
+            self.ln_total,
+            &mut lv.diff,
+        );
+        // The last level, whose last bin (the candidate's last) also takes the outliers.
+        let b0 = lv.bounds[nq - 1];
+        let members = self.nonzero[i] - self.nonzero[b0];
+        let q_last = if members > 0 { (self.count[i] - self.count[b0]) as f64 / members as f64 / below } else { 0.0 };
+        let h = (self.count[i - 1] - self.count[b0]) as f64;
+        let last_level =
+            if h > 0.0 { self.hlnh_range(b0, i - 1) - h * (self.ln_total + ln(q_last + Q_FLOOR)) } else { 0.0 };
+        (body + last_level) / self.total + self.last_bin_term(i, q_last)
     }
 
     /// Candidate `i` with `nq >= i`: every source bin is a level of its own.
@@ -188,50 +209,87 @@ multiversion! {
     fn bin_terms(h: &[f64], total: f64, below: f64) -> f64 {
         const L: usize = 8;
         let mut acc = [0f64; L];
-        let term = |h: f64| {
+        #[inline(always)]
+        fn term(h: f64, total: f64, below: f64) -> f64 {
             let p = h / total;
             let q = h / below + Q_FLOOR;
             // An empty bin contributes nothing: its logarithm is of 1.
             let ratio = if h > 0.0 { p / q } else { 1.0 };
             p * ln(ratio)
-        };
+        }
         let mut chunks = h.chunks_exact(L);
         for ch in &mut chunks {
             for j in 0..L {
-                acc[j] += term(ch[j]);
+                acc[j] += term(ch[j], total, below);
             }
         }
         for (j, &v) in chunks.remainder().iter().enumerate() {
-            acc[j] += term(v);
+            acc[j] += term(v, total, below);
         }
         acc.iter().sum()
     }
 }
 
 multiversion! {
-    /// `sum over levels of h * ln(h_bins / (P * (q + floor)))` written as `g - h (ln P + ln(q + floor))`
-    /// for the levels' member bins (`g = sum h ln h`), in lanes of a fixed order.
-    fn level_terms(q: &[f64], h: &[f64], g: &[f64], ln_total: f64) -> f64 {
-        const L: usize = 8;
-        let mut acc = [0f64; L];
-        let n = q.len().min(h.len()).min(g.len());
-        let (q, h, g) = (&q[..n], &h[..n], &g[..n]);
-        let term = |q: f64, h: f64, g: f64| {
-            // A level without member bins has h = g = 0: its logarithm is of 1.
-            let arg = if h > 0.0 { q + Q_FLOOR } else { 1.0 };
-            g - h * (ln_total + ln(arg))
-        };
-        let full = n / L * L;
-        for base in (0..full).step_by(L) {
-            for j in 0..L {
-                acc[j] += term(q[base + j], h[base + j], g[base + j]);
-            }
-        }
-        for j in full..n {
-            acc[j - full] += term(q[j], h[j], g[j]);
-        }
-        acc.iter().sum()
+    /// The divergence of candidate `i` with `nq < i` levels, compiled for the CPU's vectors.
+    fn candidate_levels(p: &Prefix, i: usize, nq: usize, lv: &mut Levels) -> f64 {
+        p.divergence_levels(i, nq, lv)
     }
+}
+
+/// `sum over levels m of g - h (ln P + ln(q + floor))` for the levels between consecutive entries
+/// of the prefix sums at the level bounds (`count`, `nonzero`, `hlnh` + `hlnh_err`), with `h` the
+/// level's count, `g` its `sum h ln h` and `q = h / members / below`; in lanes of a fixed order.
+/// `diff` is scratch. Written as plain zipped loops over slices so that they vectorise.
+#[inline(always)]
+fn level_sums(
+    count: &[f64],
+    nonzero: &[f64],
+    hlnh: &[f64],
+    hlnh_err: &[f64],
+    below: f64,
+    ln_total: f64,
+    diff: &mut [Vec<f64>; 3],
+) -> f64 {
+    let n = count.len().min(nonzero.len()).min(hlnh.len()).min(hlnh_err.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let [h, members, g] = diff;
+    let differences = |v: &[f64], out: &mut Vec<f64>| {
+        out.clear();
+        out.extend(v[1..n].iter().zip(&v[..n - 1]).map(|(a, b)| a - b));
+    };
+    differences(count, h);
+    differences(nonzero, members);
+    differences(hlnh, g);
+    for ((g, a), b) in g.iter_mut().zip(&hlnh_err[1..n]).zip(&hlnh_err[..n - 1]) {
+        *g += a - b;
+    }
+    const L: usize = 8;
+    let mut acc = [0f64; L];
+    let mut hs = h.chunks_exact(L);
+    let mut ms = members.chunks_exact(L);
+    let mut gs = g.chunks_exact(L);
+    for ((h, m), g) in (&mut hs).zip(&mut ms).zip(&mut gs) {
+        for j in 0..L {
+            acc[j] += level_term(h[j], m[j], g[j], below, ln_total);
+        }
+    }
+    for (j, ((h, m), g)) in hs.remainder().iter().zip(ms.remainder()).zip(gs.remainder()).enumerate() {
+        acc[j] += level_term(*h, *m, *g, below, ln_total);
+    }
+    acc.iter().sum()
+}
+
+/// One level's `g - h (ln P + ln(h / members / below + floor))`; a level without member bins
+/// has `h = g = 0` and adds nothing (the quotient, 0/0 there, is computed and discarded so that
+/// the loop has no branch).
+#[inline(always)]
+fn level_term(h: f64, members: f64, g: f64, below: f64, ln_total: f64) -> f64 {
+    let q = h / members / below + Q_FLOOR;
+    let arg = if h > 0.0 { q } else { 1.0 };
+    g - h * (ln_total + ln(arg))
 }
 
 /// Knuth's error-free sum: `a + b = s + e` exactly.
