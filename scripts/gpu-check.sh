@@ -3,8 +3,8 @@
 # stripped, into gpu-pack/ (git-ignored, under 64 MiB), for scripts/gpu-run.sh to run on a GPU
 # machine without Rust:
 #
-#   gpu-pack/tests/<name>      every test executable (`cargo test --release --no-run`)
-#   gpu-pack/bin/qcalib        the release CLI
+#   gpu-pack/tests/<name>.gz   every test executable (`cargo test --release --no-run`), gzipped
+#   gpu-pack/bin/qcalib.gz     the release CLI, gzipped
 #   gpu-pack/repo/tests/...    the fixtures the tests read (the tests take QCALIB_REPO)
 #   gpu-pack/shared/...        ../shared/golden and ../shared/tools when this checkout has them
 #
@@ -37,8 +37,9 @@ echo "== building the release CLI"
 cargo build --release --bin qcalib
 cp target/release/qcalib "$pack/bin/qcalib"
 
-echo "== stripping"
+echo "== stripping and compressing"
 strip "$pack"/tests/* "$pack/bin/qcalib"
+gzip -9 "$pack"/tests/* "$pack/bin/qcalib"
 
 echo "== fixtures"
 cp -r tests/fixtures/golden "$pack/repo/tests/fixtures/golden"

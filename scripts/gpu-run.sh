@@ -12,12 +12,19 @@
 # Exit status: 0 when everything passed.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-if [ -d "$here/tests" ] && [ -x "$here/bin/qcalib" ]; then pack="$here"; else pack="$here/../gpu-pack"; fi
+if [ -d "$here/tests" ] && [ -f "$here/bin/qcalib.gz" ]; then pack="$here"; else pack="$here/../gpu-pack"; fi
 pack="$(cd "$pack" && pwd)" || { echo "no gpu-pack/: run scripts/gpu-check.sh first"; exit 2; }
+
+# The executables travel gzipped: unpack them outside the (possibly read-only) pack.
+bin=$(mktemp -d)
+mkdir -p "$bin/tests"
+for f in "$pack"/tests/*.gz; do gunzip -c "$f" > "$bin/tests/$(basename "$f" .gz)"; done
+gunzip -c "$pack/bin/qcalib.gz" > "$bin/qcalib"
+chmod +x "$bin"/tests/* "$bin/qcalib"
 
 export QCALIB_REQUIRE_GPU=1
 export QCALIB_REPO="$pack/repo"
-export QCALIB_BIN="$pack/bin/qcalib"
+export QCALIB_BIN="$bin/qcalib"
 export RUST_BACKTRACE=1
 
 # --- NCCL setup: reserved for the sync helper (is_sync_quantize over NCCL) -------------------
@@ -34,7 +41,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 
 step "test executables"
 logs=$(mktemp -d)
-for t in "$pack"/tests/*; do
+for t in "$bin"/tests/*; do
     name=$(basename "$t")
     echo "-- $name"
     "$t" --test-threads 4 > "$logs/$name.log" 2>&1
