@@ -51,6 +51,10 @@ pub enum Error {
     #[error("tensor too large: {0}")]
     TooLarge(String),
 
+    /// A tensor's shape does not fit its data (a device buffer of another length).
+    #[error("tensor shape: {0}")]
+    Shape(String),
+
     /// The requested device is not available, or the device failed.
     #[error("device: {0}")]
     Device(String),

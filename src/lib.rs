@@ -51,9 +51,11 @@ pub struct ReadmeDoctests;
 
 pub mod arith;
 mod config;
+mod cuda_tensor;
 mod dtype;
 mod engine;
 mod error;
+mod input;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod observer;
@@ -64,9 +66,14 @@ pub mod synthetic;
 mod tensor;
 
 pub use config::{KlConfig, MAX_BINS, MseConfig, PercentileConfig, QuantConfig};
+pub use cuda_tensor::{CudaElement, CudaTensorView};
+/// The cudarc crate qcalib is built with (for [`CudaTensorView`]'s buffers).
+pub use cudarc;
 pub use dtype::{QScheme, QuantDType, QuantRange};
+pub use engine::cuda::{CudaStatus, MIN_DRIVER_VERSION, cuda_status};
 pub use engine::{Device, Extremes};
 pub use error::{Error, Result};
+pub use input::Input;
 pub use observer::{
     KlObserver, MinMaxObserver, MixObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
     MseObserver, Observer, ObserverConfig, ObserverKind, ObserverSpec, ObserverState, PercentileObserver, QParams,

@@ -1,5 +1,5 @@
-//! The statistics the observers are built from, on any engine: for custom calibration methods,
-//! and to time the engines' passes on their own.
+//! The statistics the observers are built from, on any engine and for host or device tensors
+//! ([`Input`]): for custom calibration methods, and to time the engines' passes on their own.
 //!
 //! ```
 //! use qcalib::{stats, Device, QuantDType, QuantRange};
@@ -17,11 +17,11 @@
 use crate::dtype::QuantRange;
 use crate::engine::{Device, Engine, Extremes};
 use crate::error::{Error, Result};
-use crate::tensor::TensorView;
+use crate::input::Input;
 
 /// Min, max and the count of non-finite values of `x`, per channel along `axis` (`None`: one
 /// for the whole tensor).
-pub fn extremes(x: &TensorView<'_>, axis: Option<usize>, device: Device) -> Result<Extremes> {
+pub fn extremes(x: &Input<'_>, axis: Option<usize>, device: Device) -> Result<Extremes> {
     check_axis(x, axis)?;
     let engine = Engine::new(device)?;
     engine.extremes(&engine.load(x)?, axis)
@@ -29,7 +29,7 @@ pub fn extremes(x: &TensorView<'_>, axis: Option<usize>, device: Device) -> Resu
 
 /// The histogram of `|x|` in `bins` bins on `[0, hi]` with the bin rule of SPEC §5 (values
 /// above `hi`, and NaN, are not counted; `hi = 0` counts the zeros in bin 0).
-pub fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32, device: Device) -> Result<Vec<u64>> {
+pub fn abs_histogram(x: &Input<'_>, bins: usize, hi: f32, device: Device) -> Result<Vec<u64>> {
     if bins == 0 || bins > crate::MAX_BINS {
         return Err(Error::config("bins", format!("{bins} is outside 1..={}", crate::MAX_BINS)));
     }
@@ -43,7 +43,7 @@ pub fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32, device: Device) -
 /// Sums of squared fake-quantization errors `sum (fq(x, s) - x)^2` (in f64) of `k` candidate
 /// scales per channel: `scales` and the result are `[k][channels]`, candidate-major.
 pub fn fake_quant_errors(
-    x: &TensorView<'_>,
+    x: &Input<'_>,
     axis: Option<usize>,
     scales: &[f32],
     k: usize,
@@ -65,7 +65,7 @@ pub fn fake_quant_errors(
     engine.fake_quant_errors(&engine.load(x)?, axis, scales, k, range.min_f32(), range.max_f32())
 }
 
-fn check_axis(x: &TensorView<'_>, axis: Option<usize>) -> Result<()> {
+fn check_axis(x: &Input<'_>, axis: Option<usize>) -> Result<()> {
     match axis {
         Some(a) if a >= x.ndim() => Err(Error::ChannelAxis { ch_axis: a as isize, ndim: x.ndim() }),
         _ => Ok(()),

@@ -1,17 +1,19 @@
 //! The `qcalib` command line: outputs, inputs and errors.
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
 fn qcalib(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qcalib")).args(args).output().expect("run qcalib")
+    Command::new(common::qcalib_bin()).args(args).output().expect("run qcalib")
 }
 
 fn golden(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(name).display().to_string()
+    common::fixtures().join(name).display().to_string()
 }
 
 /// A fresh directory for one test's files.
@@ -50,7 +52,8 @@ fn json_for_npy_has_the_documented_keys() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["observer"], "kl");
     assert_eq!(v["dtype"], "qint8");
-    assert_eq!(v["device"], "cpu");
+    // `auto`: the GPU when one is usable, else the CPU.
+    assert!(v["device"] == "cpu" || v["device"] == "cuda:0", "{}", v["device"]);
     assert_eq!(v["batches"], 1);
     for key in ["scale", "zero_point", "min_val", "max_val"] {
         assert_eq!(v[key].as_array().map(Vec::len), Some(1), "{key}");

@@ -3,7 +3,9 @@
 //! plugin's algorithms gives. Run through the library and through the CLI.
 #![cfg(feature = "io")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use qcalib::io::{OwnedTensor, read_npy_file};
 use qcalib::{ObserverKind, ObserverSpec, QScheme};
@@ -12,7 +14,7 @@ use serde_json::Value;
 const RTOL: f64 = 1e-5;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
+    common::fixtures()
 }
 
 struct Case {
@@ -101,7 +103,7 @@ fn golden_cases_through_the_library() {
 fn golden_cases_through_the_cli() {
     let mut failures = Vec::new();
     for case in &cases() {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcalib"))
+        let out = std::process::Command::new(common::qcalib_bin())
             .arg("calibrate")
             .args(&case.args)
             .args(["--device", "cpu", "--format", "json"])

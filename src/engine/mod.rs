@@ -1,17 +1,30 @@
 //! Engines: where the heavy loops over a tensor run. An observer first [`Engine::load`]s a batch
-//! (free on the CPU; one upload per batch on a GPU), then asks for up to three statistics of it,
-//! per tensor or per channel, and does the small math on the results itself:
+//! (free on the CPU; one upload per batch on a GPU, none for a tensor already on the GPU), then
+//! asks for up to three statistics of it, per tensor or per channel, and does the small math on
+//! the results itself:
 //!
 //! - the extremes (min, max, count of non-finite values),
-//! - the histogram of `|x|` (SPEC §5),
-//! - the sums of squared fake-quantization errors of many candidate scales.
+//! - the histogram of `|x|` (SPEC §5), or only the bins where its cumulative count reaches
+//!   given targets (percentiles),
+//! - the sums of squared fake-quantization errors of many candidate scales;
+//!
+//! and the KL threshold search on a histogram. The CPU engine is the reference: the CUDA engine
+//! gives the same extremes and histograms, and error sums equal to rounding.
 
 pub(crate) mod cpu;
+pub(crate) mod cuda;
 mod device;
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use ndarray::ArrayD;
 
 pub use device::Device;
 
 use crate::error::{Error, Result};
+use crate::input::Input;
+use crate::search;
 use crate::tensor::TensorView;
 
 /// Per-channel extremes of a tensor (one entry per channel; one in all for per-tensor).
@@ -35,11 +48,34 @@ impl Extremes {
     }
 }
 
+/// A tensor copied from a device to the host.
+#[derive(Debug)]
+pub(crate) enum HostTensor {
+    F32(ArrayD<f32>),
+    F16(ArrayD<f16>),
+    BF16(ArrayD<bf16>),
+}
+
+impl HostTensor {
+    fn view(&self) -> TensorView<'_> {
+        match self {
+            HostTensor::F32(a) => a.into(),
+            HostTensor::F16(a) => a.into(),
+            HostTensor::BF16(a) => a.into(),
+        }
+    }
+}
+
 /// A batch as an engine holds it while an observer works on it.
 #[derive(Debug)]
 pub(crate) enum Loaded<'a> {
-    /// A host tensor (a view: the CPU engine reads the data where it is).
+    /// A host tensor (a view: the CPU engine reads the data where it is). Also an empty tensor
+    /// on any engine: there is nothing to upload.
     Host(TensorView<'a>),
+    /// A device tensor copied to the host for the CPU engine.
+    HostCopy(HostTensor),
+    /// A batch on a GPU, for the CUDA engine.
+    Cuda(cuda::batch::DeviceBatch<'a>),
 }
 
 impl Loaded<'_> {
@@ -47,6 +83,8 @@ impl Loaded<'_> {
     pub(crate) fn len(&self) -> usize {
         match self {
             Loaded::Host(x) => x.len(),
+            Loaded::HostCopy(x) => x.view().len(),
+            Loaded::Cuda(x) => x.len(),
         }
     }
 }
@@ -57,16 +95,23 @@ pub(crate) enum Engine {
     /// Rayon and vectorised loops on the host.
     #[default]
     Cpu,
+    /// CUDA kernels on one GPU.
+    Cuda(Arc<cuda::CudaEngine>),
+}
+
+/// A batch loaded for one engine given to another (a bug in qcalib, not in the input).
+fn mismatch() -> Error {
+    Error::Device("internal error in qcalib: a batch loaded for one engine was given to another".into())
 }
 
 impl Engine {
-    /// The engine for `device`.
+    /// The engine for `device`: `Auto` is CUDA on GPU 0 when it is usable, else the CPU (never an
+    /// error); `Cuda(n)` is an error when GPU `n` is not usable.
     pub(crate) fn new(device: Device) -> Result<Engine> {
         match device {
-            Device::Auto | Device::Cpu => Ok(Engine::Cpu),
-            Device::Cuda(ordinal) => {
-                Err(Error::Device(format!("cuda:{ordinal} was asked for, but this build of qcalib has no CUDA engine")))
-            }
+            Device::Cpu => Ok(Engine::Cpu),
+            Device::Auto => Ok(cuda::auto_engine().map_or(Engine::Cpu, Engine::Cuda)),
+            Device::Cuda(ordinal) => cuda::engine(ordinal).map(Engine::Cuda),
         }
     }
 
@@ -74,27 +119,64 @@ impl Engine {
     pub(crate) fn device(&self) -> Device {
         match self {
             Engine::Cpu => Device::Cpu,
+            Engine::Cuda(g) => Device::Cuda(g.ordinal()),
         }
     }
 
-    /// Makes `x` ready for this engine's loops (once per batch).
-    pub(crate) fn load<'a>(&self, x: &TensorView<'a>) -> Result<Loaded<'a>> {
-        match self {
-            Engine::Cpu => Ok(Loaded::Host(x.clone())),
+    /// Makes `x` ready for this engine's loops (once per batch): nothing to do for a host tensor
+    /// on the CPU, a copy to the host for a device tensor on the CPU, an upload for a host tensor
+    /// on a GPU, nothing for a device tensor on its GPU.
+    pub(crate) fn load<'a>(&self, x: &Input<'a>) -> Result<Loaded<'a>> {
+        match (self, x) {
+            (Engine::Cpu, Input::Host(t)) => Ok(Loaded::Host(t.clone())),
+            (Engine::Cpu, Input::Cuda(t)) => Ok(Loaded::HostCopy(cuda::copy_to_host(t)?)),
+            (Engine::Cuda(g), x) => match (g.load(x)?, x) {
+                (Some(batch), _) => Ok(Loaded::Cuda(batch)),
+                (None, Input::Host(t)) => Ok(Loaded::Host(t.clone())),
+                (None, Input::Cuda(t)) => Ok(Loaded::HostCopy(cuda::copy_to_host(t)?)),
+            },
         }
     }
 
     /// Per-channel min/max and the non-finite count (`axis = None`: per-tensor).
     pub(crate) fn extremes(&self, x: &Loaded<'_>, axis: Option<usize>) -> Result<Extremes> {
         match (self, x) {
-            (Engine::Cpu, Loaded::Host(x)) => Ok(cpu::extremes(x, axis)),
+            (_, Loaded::Host(x)) => Ok(cpu::extremes(x, axis)),
+            (_, Loaded::HostCopy(x)) => Ok(cpu::extremes(&x.view(), axis)),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => g.extremes(x, axis),
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
         }
     }
 
     /// The histogram of `|x|`, `bins` bins on `[0, hi]`; `hi = 0` counts zeros in bin 0.
     pub(crate) fn abs_histogram(&self, x: &Loaded<'_>, bins: usize, hi: f32) -> Result<Vec<u64>> {
         match (self, x) {
-            (Engine::Cpu, Loaded::Host(x)) => Ok(cpu::abs_histogram(x, bins, hi)),
+            (_, Loaded::Host(x)) => Ok(cpu::abs_histogram(x, bins, hi)),
+            (_, Loaded::HostCopy(x)) => Ok(cpu::abs_histogram(&x.view(), bins, hi)),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => g.abs_histogram(x, bins, hi),
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
+        }
+    }
+
+    /// For each target count, the first bin of the histogram of `|x|` (`bins` bins on
+    /// `[0, hi]`) whose cumulative count is `>= target` (`bins` when none is); see
+    /// [`search::percentile::first_bin_reaching`]. On a GPU the histogram stays there.
+    pub(crate) fn percentile_bins(&self, x: &Loaded<'_>, bins: usize, hi: f32, targets: &[f32]) -> Result<Vec<usize>> {
+        let on_host =
+            |hist: Vec<u64>| targets.iter().map(|&t| search::percentile::first_bin_reaching(&hist, t)).collect();
+        match (self, x) {
+            (_, Loaded::Host(x)) => Ok(on_host(cpu::abs_histogram(x, bins, hi))),
+            (_, Loaded::HostCopy(x)) => Ok(on_host(cpu::abs_histogram(&x.view(), bins, hi))),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => g.percentile_bins(x, bins, hi, targets),
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
+        }
+    }
+
+    /// [`Engine::percentile_bins`] for one target.
+    pub(crate) fn percentile_bin(&self, x: &Loaded<'_>, bins: usize, hi: f32, target: f32) -> Result<usize> {
+        match self.percentile_bins(x, bins, hi, &[target])?.as_slice() {
+            [bin] => Ok(*bin),
+            other => Err(Error::Device(format!("internal error in qcalib: {} bins for one target", other.len()))),
         }
     }
 
@@ -108,7 +190,11 @@ impl Engine {
         hi: f32,
     ) -> Result<(Extremes, Vec<u64>)> {
         match (self, x) {
-            (Engine::Cpu, Loaded::Host(x)) => Ok(cpu::extremes_and_abs_histogram(x, bins, hi)),
+            (_, Loaded::Host(x)) => Ok(cpu::extremes_and_abs_histogram(x, bins, hi)),
+            (_, Loaded::HostCopy(x)) => Ok(cpu::extremes_and_abs_histogram(&x.view(), bins, hi)),
+            // Two passes over the device copy (each at memory speed; a fused kernel could share one).
+            (Engine::Cuda(g), Loaded::Cuda(x)) => Ok((g.extremes(x, None)?, g.abs_histogram(x, bins, hi)?)),
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
         }
     }
 
@@ -124,7 +210,19 @@ impl Engine {
         qmax: f32,
     ) -> Result<Vec<f64>> {
         match (self, x) {
-            (Engine::Cpu, Loaded::Host(x)) => Ok(cpu::fake_quant_errors(x, axis, scales, k, qmin, qmax)),
+            (_, Loaded::Host(x)) => Ok(cpu::fake_quant_errors(x, axis, scales, k, qmin, qmax)),
+            (_, Loaded::HostCopy(x)) => Ok(cpu::fake_quant_errors(&x.view(), axis, scales, k, qmin, qmax)),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => g.fake_quant_errors(x, axis, scales, k, qmin, qmax),
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
+        }
+    }
+
+    /// The KL threshold index of `hist` with `nq` quantized levels (SPEC §4); see
+    /// [`search::kl::threshold_index`].
+    pub(crate) fn kl_threshold_index(&self, hist: &[u64], nq: u64) -> Result<Option<usize>> {
+        match self {
+            Engine::Cpu => Ok(search::kl::threshold_index(hist, nq)),
+            Engine::Cuda(g) => g.kl_threshold_index(hist, nq),
         }
     }
 }

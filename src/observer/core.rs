@@ -10,9 +10,9 @@ use crate::config::QuantConfig;
 use crate::dtype::QuantRange;
 use crate::engine::{Device, Engine, Extremes, Loaded};
 use crate::error::{Error, Result};
+use crate::input::Input;
 use crate::observer::QParams;
 use crate::sync::{ProcessGroup, ReduceOp, SingleRank};
-use crate::tensor::TensorView;
 
 /// `min_val` and `max_val`: empty before the first update, then one value per tensor or per
 /// channel.
@@ -58,7 +58,7 @@ impl Core {
 
     /// The channel axis for `x` (`None`: per-tensor), checking the channel count against the
     /// statistics kept so far.
-    pub(crate) fn channel_axis(&self, x: &TensorView<'_>) -> Result<Option<usize>> {
+    pub(crate) fn channel_axis(&self, x: &Input<'_>) -> Result<Option<usize>> {
         let axis = self.quant.channel_axis(x.ndim())?;
         if let Some(axis) = axis {
             let found = x.shape()[axis];

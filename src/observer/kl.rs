@@ -4,14 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{KlConfig, MAX_BINS};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
-use crate::search::kl::threshold_index;
 use crate::sync::ReduceOp;
-use crate::tensor::TensorView;
 
 /// The histogram of the current KL window.
 ///
@@ -89,15 +89,16 @@ impl KlWindow {
     }
 
     /// The KL threshold of the window (SPEC §4): the edge `k* + 132`, the top edge when no
-    /// window sum is finite, and 0 when the range never started (all batches were zeros).
-    fn threshold(&self, levels: u64) -> f32 {
+    /// window sum is finite, and 0 when the range never started (all batches were zeros). The
+    /// search runs on `engine`.
+    fn threshold(&self, engine: &Engine, levels: u64) -> Result<f32> {
         if self.edges.is_empty() {
-            return 0.0;
+            return Ok(0.0);
         }
-        match threshold_index(&self.hist, levels) {
+        Ok(match engine.kl_threshold_index(&self.hist, levels)? {
             Some(t) => self.edges[t.min(self.edges.len() - 1)],
             None => self.top(),
-        }
+        })
     }
 }
 
@@ -180,7 +181,7 @@ impl KlObserver {
     ///
     /// A rank whose batch is empty takes part with nothing; a step where every batch is empty
     /// is a no-op.
-    fn observe_synced(&mut self, x: &TensorView<'_>) -> Result<()> {
+    fn observe_synced(&mut self, x: &Input<'_>) -> Result<()> {
         let group = self.core.group.clone();
         let (rank, world) = (group.rank(), group.world_size());
         let engine = &self.core.engine;
@@ -275,21 +276,22 @@ impl KlObserver {
                 }
             }
         })?;
-        self.end_batch(window);
-        Ok(())
+        self.end_batch(window)
     }
 
     /// Counts the batch in `window`, closes the window after `update_interval` batches (the
-    /// threshold goes through the update rule), and keeps the window.
-    fn end_batch(&mut self, mut window: KlWindow) {
+    /// threshold goes through the update rule), and keeps the window. On error (the search
+    /// failed on the device) nothing changes.
+    fn end_batch(&mut self, mut window: KlWindow) -> Result<()> {
         window.step += 1;
         if window.step == self.update_interval {
-            let amax_kl = window.threshold(self.core.quant.dtype.kl_levels());
+            let amax_kl = window.threshold(&self.core.engine, self.core.quant.dtype.kl_levels())?;
             self.core.update(&[-amax_kl], &[amax_kl]);
             window = KlWindow::default();
         }
         self.window = window;
         self.core.batches += 1;
+        Ok(())
     }
 
     fn observer_config(&self) -> ObserverConfig {
@@ -311,7 +313,7 @@ impl Observer for KlObserver {
         ObserverKind::Kl
     }
 
-    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+    fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
         if self.sync_histograms && self.core.group.world_size() > 1 {
             return self.observe_synced(x);
         }
@@ -336,8 +338,7 @@ impl Observer for KlObserver {
             Some(h) if b == bins && hi == top => Ok(h),
             _ => engine.abs_histogram(&x, b, hi),
         })?;
-        self.end_batch(window);
-        Ok(())
+        self.end_batch(window)
     }
 
     fn qparams(&mut self) -> Result<QParams> {

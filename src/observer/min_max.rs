@@ -3,14 +3,14 @@
 
 use crate::config::QuantConfig;
 use crate::error::Result;
+use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
-use crate::tensor::TensorView;
 
 /// One batch of any of the three: extremes per tensor or channel, then the update rule.
-fn observe_min_max(core: &mut Core, x: &TensorView<'_>) -> Result<()> {
+fn observe_min_max(core: &mut Core, x: &Input<'_>) -> Result<()> {
     if x.is_empty() {
         return Ok(());
     }
@@ -59,7 +59,7 @@ macro_rules! min_max_observer {
                 ObserverKind::$variant
             }
 
-            fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+            fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
                 observe_min_max(&mut self.core, x)
             }
 

@@ -4,13 +4,13 @@
 use crate::arith;
 use crate::config::QuantConfig;
 use crate::error::Result;
+use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
 use crate::search::candidates::{TieBreak, pick_smallest};
-use crate::search::percentile::{bin_centre, clip_range, first_bin_reaching, fraction_target};
-use crate::tensor::TensorView;
+use crate::search::percentile::{bin_centre, clip_range, fraction_target};
 
 /// The histogram bins of MixObserver (fixed; it has no `bins` parameter).
 pub const MIX_BINS: usize = 2048;
@@ -61,7 +61,7 @@ impl Observer for MixObserver {
         ObserverKind::Mix
     }
 
-    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+    fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
         if x.is_empty() {
             return Ok(());
         }
@@ -69,9 +69,8 @@ impl Observer for MixObserver {
         let e = self.core.extremes(&x, None)?;
         let (mn, mx) = (e.min[0], e.max[0]);
         let range = if -mn > mx { -mn } else { mx };
-        let hist = self.core.engine.abs_histogram(&x, MIX_BINS, range)?;
-        let mut bins: Vec<usize> =
-            MIX_FRACTIONS.iter().map(|&f| first_bin_reaching(&hist, fraction_target(f, x.len()))).collect();
+        let targets: Vec<f32> = MIX_FRACTIONS.iter().map(|&f| fraction_target(f, x.len())).collect();
+        let mut bins = self.core.engine.percentile_bins(&x, MIX_BINS, range, &targets)?;
         bins.sort_unstable();
         bins.dedup();
         let ranges: Vec<(f32, f32)> =

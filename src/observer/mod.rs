@@ -28,6 +28,7 @@ pub use state::ObserverState;
 use crate::config::QuantConfig;
 use crate::engine::Device;
 use crate::error::Result;
+use crate::input::Input;
 use crate::sync::ProcessGroup;
 use crate::tensor::TensorView;
 
@@ -146,10 +147,16 @@ pub trait Observer: Send + fmt::Debug {
     /// Which observer this is.
     fn kind(&self) -> ObserverKind;
 
-    /// Observes one batch (every observer type, and `dyn Observer`, also has an `observe` method
-    /// that takes anything convertible into a [`TensorView`]). An empty tensor is a no-op; on error (NaN/inf, a wrong `ch_axis`, a
-    /// changed channel count, a device failure) the state is unchanged.
-    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()>;
+    /// Observes one batch, on the host or on a GPU (every observer type, and `dyn Observer`, also
+    /// has an `observe` method that takes anything convertible into an [`Input`]). An empty
+    /// tensor is a no-op; on error (NaN/inf, a wrong `ch_axis`, a changed channel count, a device
+    /// failure) the state is unchanged.
+    fn observe_input(&mut self, x: &Input<'_>) -> Result<()>;
+
+    /// Observes one host batch: [`Observer::observe_input`] of a [`TensorView`].
+    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+        self.observe_input(&Input::Host(x.clone()))
+    }
 
     /// Scale and zero point per tensor or channel. With `is_sync_quantize`, first replaces
     /// `min_val`/`max_val` by their minimum/maximum over the ranks of the process group (every
@@ -209,8 +216,9 @@ pub trait Observer: Send + fmt::Debug {
 }
 
 impl dyn Observer + '_ {
-    /// Observes one batch: [`Observer::observe_tensor`] for anything that converts into a
-    /// [`TensorView`] (arrays and views of f32, f16, bf16, slices, vectors).
+    /// Observes one batch: [`Observer::observe_input`] for anything that converts into an
+    /// [`Input`] (arrays and views of f32, f16, bf16, slices, vectors, and
+    /// [`CudaTensorView`](crate::CudaTensorView)s of device memory).
     ///
     /// ```
     /// use qcalib::{ObserverKind, ObserverSpec};
@@ -222,8 +230,8 @@ impl dyn Observer + '_ {
     /// assert_eq!(obs.batches(), 1);
     /// # Ok::<(), qcalib::Error>(())
     /// ```
-    pub fn observe<'a>(&mut self, x: impl Into<TensorView<'a>>) -> Result<()> {
-        self.observe_tensor(&x.into())
+    pub fn observe<'a>(&mut self, x: impl Into<Input<'a>>) -> Result<()> {
+        self.observe_input(&x.into())
     }
 }
 
@@ -231,11 +239,11 @@ impl dyn Observer + '_ {
 macro_rules! impl_observe {
     ($name:ident) => {
         impl $name {
-            /// Observes one batch: [`Observer::observe_tensor`] for anything that converts into
-            /// a [`TensorView`](crate::TensorView) (arrays and views of f32, f16, bf16, slices,
-            /// vectors).
-            pub fn observe<'a>(&mut self, x: impl Into<$crate::tensor::TensorView<'a>>) -> $crate::error::Result<()> {
-                $crate::observer::Observer::observe_tensor(self, &x.into())
+            /// Observes one batch: [`Observer::observe_input`] for anything that converts into
+            /// an [`Input`](crate::Input) (arrays and views of f32, f16, bf16, slices, vectors,
+            /// and [`CudaTensorView`](crate::CudaTensorView)s of device memory).
+            pub fn observe<'a>(&mut self, x: impl Into<$crate::input::Input<'a>>) -> $crate::error::Result<()> {
+                $crate::observer::Observer::observe_input(self, &x.into())
             }
         }
     };

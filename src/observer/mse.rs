@@ -4,12 +4,12 @@
 use crate::arith;
 use crate::config::MseConfig;
 use crate::error::{Error, Result};
+use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
 use crate::search::candidates::{TieBreak, mse_candidates, pick_smallest};
-use crate::tensor::TensorView;
 
 /// The most `channels x candidates` error sums an MSE batch may need (each takes a scale and an
 /// f64 sum): beyond it, a per-channel MSE is refused rather than allocating gigabytes, which
@@ -67,7 +67,7 @@ impl Observer for MseObserver {
         ObserverKind::Mse
     }
 
-    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+    fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
         if x.is_empty() {
             return Ok(());
         }

@@ -3,12 +3,12 @@
 
 use crate::config::PercentileConfig;
 use crate::error::Result;
+use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
-use crate::search::percentile::{bin_centre, clip_range, first_bin_reaching, percentile_target};
-use crate::tensor::TensorView;
+use crate::search::percentile::{bin_centre, clip_range, percentile_target};
 
 /// `PercentileObserver` (per-tensor): per batch, the `percentile` of `|x|` from a histogram of
 /// `bins` bins on `[0, max|x|]` becomes the clip value (the centre of the bin that reaches it);
@@ -63,7 +63,7 @@ impl Observer for PercentileObserver {
         ObserverKind::Percentile
     }
 
-    fn observe_tensor(&mut self, x: &TensorView<'_>) -> Result<()> {
+    fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
         if x.is_empty() {
             return Ok(());
         }
@@ -71,8 +71,8 @@ impl Observer for PercentileObserver {
         let e = self.core.extremes(&x, None)?;
         let (mn, mx) = (e.min[0], e.max[0]);
         let range = if -mn > mx { -mn } else { mx };
-        let hist = self.core.engine.abs_histogram(&x, self.bins, range)?;
-        let i = first_bin_reaching(&hist, percentile_target(self.percentile, x.len()));
+        let target = percentile_target(self.percentile, x.len());
+        let i = self.core.engine.percentile_bin(&x, self.bins, range, target)?;
         let (lo, hi) = clip_range(mn, mx, bin_centre(i, range, self.bins));
         self.core.update(&[lo], &[hi]);
         self.core.batches += 1;

@@ -4,7 +4,26 @@
 pub mod layout;
 pub mod reference;
 
+use std::path::PathBuf;
+
 use qcalib::synthetic::Rng;
+
+/// The repository: `QCALIB_REPO` when set (test executables run away from the tree they were
+/// built in, see `scripts/gpu-run.sh`), else the crate's directory.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("QCALIB_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The golden fixtures, `tests/fixtures/golden`.
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures/golden")
+}
+
+/// The `qcalib` executable: `QCALIB_BIN` when set, else the one cargo built for the tests.
+pub fn qcalib_bin() -> PathBuf {
+    let built = option_env!("CARGO_BIN_EXE_qcalib").unwrap_or("qcalib");
+    std::env::var_os("QCALIB_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(built))
+}
 
 /// Random values of awkward magnitudes: mostly normal, some exact zeros, a few outliers.
 pub fn random_values(n: usize, seed: u64) -> Vec<f32> {

@@ -1,0 +1,226 @@
+// The KL-divergence threshold search of SPEC §4 on a histogram h of L bins (h[0] replaced by
+// h[1]) with nq quantized levels, in three kernels that mirror src/search/kl.rs:
+//
+// 1. kl_prefix: exact prefix sums of the counts and of the non-empty bins, and a compensated prefix
+//    sum of h ln h (one block).
+// 2. kl_divergences: one block per candidate i = 128 ..= L; its threads share the levels (or, when
+//    nq >= i, the bins) and the block sums their terms in a fixed order.
+// 3. kl_best_window: the window sums S[k] = div[k] + ... + div[k + 8] for k = 0 ..= D - 11, and the
+//    largest k whose S[k] is within a relative 1e-9 of the smallest (-1 when none is finite).
+//
+// The launcher handles the cases without a search (L < 138, an empty histogram) on the host.
+#include "common.cuh"
+
+#define KL_START_BIN 128
+#define KL_WINDOW 9
+#define KL_Q_FLOOR 1e-10
+#define KL_TIE_RTOL 1e-9
+
+// h[j] with h[0] = h[1] (L >= 2).
+QCALIB_DEVICE u64 kl_bin(const u64* __restrict__ hist, u64 j) { return hist[j == 0 ? 1 : j]; }
+
+QCALIB_DEVICE double h_ln_h(u64 h) { return h > 0 ? (double)h * log((double)h) : 0.0; }
+
+// count[j], nonzero[j]: sums over h[0 .. j) (exact); hlnh[j] + hlnh_err[j]: sum of h ln h over
+// h[0 .. j). Each array has L + 1 entries. One block: thread t takes a contiguous chunk of bins.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+    kl_prefix(const u64* __restrict__ hist, u64 L, u64* __restrict__ count, u64* __restrict__ nonzero,
+              double* __restrict__ hlnh, double* __restrict__ hlnh_err) {
+    __shared__ u64 chunk_count[BLOCK_THREADS], chunk_nonzero[BLOCK_THREADS];
+    __shared__ double chunk_sum[BLOCK_THREADS], chunk_err[BLOCK_THREADS];
+    const u32 t = threadIdx.x;
+    const u64 per = (L + BLOCK_THREADS - 1) / BLOCK_THREADS;
+    u64 beg = t * per, end = beg + per;
+    if (beg > L) beg = L;
+    if (end > L) end = L;
+
+    u64 cn = 0, nz = 0;
+    double s = 0.0, e = 0.0;
+    for (u64 j = beg; j < end; ++j) {
+        const u64 h = kl_bin(hist, j);
+        cn += h;
+        nz += h > 0;
+        double err;
+        two_sum(s, h_ln_h(h), s, err);
+        e = __dadd_rn(e, err);
+    }
+    chunk_count[t] = cn;
+    chunk_nonzero[t] = nz;
+    chunk_sum[t] = s;
+    chunk_err[t] = e;
+    __syncthreads();
+    if (t == 0) {  // exclusive scan of the chunks, in order
+        u64 c_acc = 0, n_acc = 0;
+        double s_acc = 0.0, e_acc = 0.0;
+        for (u32 k = 0; k < BLOCK_THREADS; ++k) {
+            const u64 c_k = chunk_count[k], n_k = chunk_nonzero[k];
+            const double s_k = chunk_sum[k], e_k = chunk_err[k];
+            chunk_count[k] = c_acc;
+            chunk_nonzero[k] = n_acc;
+            chunk_sum[k] = s_acc;
+            chunk_err[k] = e_acc;
+            c_acc += c_k;
+            n_acc += n_k;
+            double err;
+            two_sum(s_acc, s_k, s_acc, err);
+            e_acc = __dadd_rn(e_acc, __dadd_rn(err, e_k));
+        }
+        count[0] = 0;
+        nonzero[0] = 0;
+        hlnh[0] = 0.0;
+        hlnh_err[0] = 0.0;
+    }
+    __syncthreads();
+    cn = chunk_count[t];
+    nz = chunk_nonzero[t];
+    s = chunk_sum[t];
+    e = chunk_err[t];
+    for (u64 j = beg; j < end; ++j) {
+        const u64 h = kl_bin(hist, j);
+        cn += h;
+        nz += h > 0;
+        double err;
+        two_sum(s, h_ln_h(h), s, err);
+        e = __dadd_rn(e, err);
+        count[j + 1] = cn;
+        nonzero[j + 1] = nz;
+        hlnh[j + 1] = s;
+        hlnh_err[j + 1] = e;
+    }
+}
+
+struct KlPrefix {
+    const u64* __restrict__ hist;
+    u64 L;
+    const u64* __restrict__ count;
+    const u64* __restrict__ nonzero;
+    const double* __restrict__ hlnh;
+    const double* __restrict__ hlnh_err;
+    double total, inv_total, ln_total;
+
+    // sum of h ln h over bins a .. b.
+    QCALIB_DEVICE double hlnh_range(u64 a, u64 b) const {
+        return __dadd_rn(__dsub_rn(hlnh[b], hlnh[a]), __dsub_rn(hlnh_err[b], hlnh_err[a]));
+    }
+
+    // The term of the candidate's last source bin i - 1, which also takes the outliers.
+    QCALIB_DEVICE double last_bin_term(u64 i, double q_of_level) const {
+        const u64 last = kl_bin(hist, i - 1);
+        const double outliers = (double)(count[L] - count[i]);
+        const double p = __dmul_rn(__dadd_rn((double)last, outliers), inv_total);
+        if (!(p > 0.0)) return 0.0;
+        const double q = __dadd_rn(last > 0 ? q_of_level : 0.0, KL_Q_FLOOR);
+        return __dmul_rn(p, log(__dmul_rn(p, recip(q))));
+    }
+};
+
+// div[i - 128] for i = 128 + blockIdx.x; +inf when no counts lie below the cut.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+    kl_divergences(const u64* __restrict__ hist, u64 L, u64 nq, const u64* __restrict__ count,
+                   const u64* __restrict__ nonzero, const double* __restrict__ hlnh,
+                   const double* __restrict__ hlnh_err, double* __restrict__ div) {
+    __shared__ double scratch[WARPS_PER_BLOCK];
+    __shared__ double q_last_shared;
+    const u64 i = KL_START_BIN + (u64)blockIdx.x;
+    const u64 below_count = count[i];
+    if (below_count == 0) {  // uniform across the block
+        if (threadIdx.x == 0) div[blockIdx.x] = __longlong_as_double(0x7ff0000000000000LL);
+        return;
+    }
+    KlPrefix pre;
+    pre.hist = hist;
+    pre.L = L;
+    pre.count = count;
+    pre.nonzero = nonzero;
+    pre.hlnh = hlnh;
+    pre.hlnh_err = hlnh_err;
+    pre.total = (double)count[L];
+    pre.ln_total = log(pre.total);
+    // No division (its slow path is a subroutine call, and calls spill): multiplications by
+    // reciprocals, which differ from the CPU's divisions by an ulp; the tie rule of the window
+    // sums absorbs far more than that.
+    pre.inv_total = recip(pre.total);
+    const double inv_total = pre.inv_total;
+    const double inv_below = recip((double)below_count);
+
+    double acc = 0.0;
+    double q_last;
+    if (nq >= i) {
+        // Every source bin is a level of its own: sum p ln(p / q) over the bins below i - 1.
+        for (u64 j = threadIdx.x; j + 1 < i; j += blockDim.x) {
+            const u64 h = kl_bin(hist, j);
+            if (h > 0) {
+                const double p = __dmul_rn((double)h, inv_total);
+                const double q = __dadd_rn(__dmul_rn((double)h, inv_below), KL_Q_FLOOR);
+                acc = __dadd_rn(acc, __dmul_rn(p, log(__dmul_rn(p, recip(q)))));
+            }
+        }
+        q_last = __dmul_rn((double)kl_bin(hist, i - 1), inv_below);
+    } else {
+        // Level m holds the bins ceil(m * i/nq) .. ceil((m + 1) * i/nq) (the last one ends at i).
+        if (threadIdx.x == 0) q_last_shared = 0.0;
+        __syncthreads();
+        const double step = __ddiv_rn((double)i, (double)nq);
+        for (u64 m = threadIdx.x; m < nq; m += blockDim.x) {
+            const u64 b0 = m == 0 ? 0 : (u64)ceil(__dmul_rn((double)m, step));
+            const u64 b1 = m + 1 == nq ? i : (u64)ceil(__dmul_rn((double)(m + 1), step));
+            const u64 members = nonzero[b1] - nonzero[b0];
+            if (members > 0) {
+                const double level_total = (double)(count[b1] - count[b0]);
+                const double q = __dmul_rn(__dmul_rn(level_total, recip((double)members)), inv_below);
+                // Every member bin but the candidate's last one: sum p ln(p / (q + floor)).
+                const u64 end = b1 == i ? i - 1 : b1;
+                const double h = (double)(count[end] - count[b0]);
+                if (h > 0.0) {
+                    const double g = pre.hlnh_range(b0, end);
+                    const double lnq = __dadd_rn(pre.ln_total, log(__dadd_rn(q, KL_Q_FLOOR)));
+                    acc = __dadd_rn(acc, __dmul_rn(__dsub_rn(g, __dmul_rn(h, lnq)), inv_total));
+                }
+                if (b1 == i) q_last_shared = q;
+            }
+        }
+        __syncthreads();
+        q_last = q_last_shared;
+    }
+    const double sum = block_sum(acc, scratch);
+    if (threadIdx.x == 0) div[blockIdx.x] = __dadd_rn(sum, pre.last_bin_term(i, q_last));
+}
+
+QCALIB_DEVICE double window_sum(const double* __restrict__ div, u64 k) {
+    double s = 0.0;
+    for (u32 w = 0; w < KL_WINDOW; ++w) s = __dadd_rn(s, div[k + w]);
+    return s;
+}
+
+// best[0] = the largest k with |S[k] - min S| <= 1e-9 |min S|, or -1 when min S is not finite.
+// One block; D >= KL_WINDOW + 2 divergences.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+    kl_best_window(const double* __restrict__ div, u64 D, i64* __restrict__ best) {
+    __shared__ double mins[BLOCK_THREADS];
+    __shared__ i64 bests[BLOCK_THREADS];
+    const u32 t = threadIdx.x;
+    const u64 windows = D - KL_WINDOW - 1;  // k = 0 ..= D - 11
+    double lo = __longlong_as_double(0x7ff0000000000000LL);
+    for (u64 k = t; k < windows; k += blockDim.x) lo = fmin(lo, window_sum(div, k));
+    mins[t] = lo;
+    __syncthreads();
+    for (u32 half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
+        if (t < half) mins[t] = fmin(mins[t], mins[t + half]);
+        __syncthreads();
+    }
+    const double smin = mins[0];
+    i64 mine = -1;
+    if (isfinite(smin)) {
+        const double tol = __dmul_rn(KL_TIE_RTOL, fabs(smin));
+        for (u64 k = t; k < windows; k += blockDim.x) {
+            if (fabs(__dsub_rn(window_sum(div, k), smin)) <= tol) mine = (i64)k;  // k grows: the last one
+        }
+    }
+    bests[t] = mine;
+    __syncthreads();
+    for (u32 half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
+        if (t < half && bests[t + half] > bests[t]) bests[t] = bests[t + half];
+        __syncthreads();
+    }
+    if (t == 0) best[0] = bests[0];
+}

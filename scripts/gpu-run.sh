@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Runs what scripts/gpu-check.sh packed into gpu-pack/ on a GPU machine without Rust, with
+# QCALIB_REQUIRE_GPU=1 (a missing or failing GPU fails the GPU tests instead of skipping them):
+#
+# 1. every test executable (the GPU tests compare every observer on the GPU with the CPU engine);
+# 2. `qcalib calibrate --device cuda` against `--device cpu` on the golden cases: the same JSON
+#    apart from "device", and the expected scales (../shared/tools/check_cases.py when there);
+# 3. `qcalib demo` on both devices (timings for the report).
+#
+# Usage: bash scripts/gpu-run.sh   (from the repository, with gpu-pack/ in it)
+#        bash gpu-pack/gpu-run.sh  (the copy inside the pack)
+# Exit status: 0 when everything passed.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+if [ -d "$here/tests" ] && [ -f "$here/bin/qcalib.gz" ]; then pack="$here"; else pack="$here/../gpu-pack"; fi
+pack="$(cd "$pack" && pwd)" || { echo "no gpu-pack/: run scripts/gpu-check.sh first"; exit 2; }
+
+# The executables travel gzipped: unpack them outside the (possibly read-only) pack.
+bin=$(mktemp -d)
+mkdir -p "$bin/tests"
+for f in "$pack"/tests/*.gz; do gunzip -c "$f" > "$bin/tests/$(basename "$f" .gz)"; done
+gunzip -c "$pack/bin/qcalib.gz" > "$bin/qcalib"
+chmod +x "$bin"/tests/* "$bin/qcalib"
+
+export QCALIB_REQUIRE_GPU=1
+export QCALIB_REPO="$pack/repo"
+export QCALIB_BIN="$bin/qcalib"
+export RUST_BACKTRACE=1
+
+# --- NCCL setup: reserved for the sync helper (is_sync_quantize over NCCL) -------------------
+# cudarc looks for libnccl.so, not the libnccl.so.2 of pip/PyTorch: symlink it into a folder on
+# LD_LIBRARY_PATH here once the crate uses NCCL. Nothing to do yet.
+# --- end of NCCL setup -------------------------------------------------------------------------
+
+failed=()
+step() { printf '\n== %s\n' "$*"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
+"$QCALIB_BIN" --version
+
+step "test executables"
+logs=$(mktemp -d)
+for t in "$bin"/tests/*; do
+    name=$(basename "$t")
+    echo "-- $name"
+    "$t" --test-threads 4 > "$logs/$name.log" 2>&1
+    rc=$?
+    # The skips and failures in full, then the summary.
+    grep -E "skipped|panicked|FAILED|failed|^test result" "$logs/$name.log" | head -n 60
+    if [ "$rc" != 0 ]; then
+        tail -n 60 "$logs/$name.log"
+        failed+=("tests/$name")
+    fi
+done
+
+step "qcalib calibrate --device cuda vs --device cpu on the golden cases"
+shared=""
+for dir in "$pack/../../shared" "$pack/../shared" "$pack/shared"; do
+    if [ -f "$dir/golden/cases.json" ] && [ -f "$dir/tools/check_cases.py" ]; then shared="$(cd "$dir" && pwd)"; break; fi
+done
+if [ -n "$shared" ]; then
+    cases="$shared/golden/cases.json"
+    data="$shared/golden"
+    python3 "$shared/tools/check_cases.py" "$QCALIB_BIN" "$cases" "$data" --device cuda || failed+=("check_cases.py --device cuda")
+else
+    echo "(no shared/golden here: the copied fixtures of the repository)"
+    cases="$QCALIB_REPO/tests/fixtures/golden/cases.json"
+    data="$QCALIB_REPO/tests/fixtures/golden"
+fi
+python3 - "$QCALIB_BIN" "$cases" "$data" <<'EOF' || failed+=("cuda vs cpu JSON")
+import json, os, subprocess, sys
+qcalib, cases, data = sys.argv[1:4]
+bad = 0
+cases = json.load(open(cases))["cases"]
+for c in cases:
+    out = {}
+    for device in ("cpu", "cuda"):
+        cmd = [qcalib, "calibrate", *c["args"], "--device", device, "--format", "json", *[os.path.join(data, f) for f in c["files"]]]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        out[device] = json.loads(p.stdout) if p.returncode == 0 else "error: " + p.stderr.strip()[-300:]
+    cpu, cuda = out["cpu"], out["cuda"]
+    if isinstance(cpu, dict) and isinstance(cuda, dict):
+        ok = cuda.pop("device") == "cuda:0" and cpu.pop("device") == "cpu" and cpu == cuda
+    else:
+        ok = False
+    if not ok:
+        bad += 1
+        print("DIFF", c["id"], "cpu:", str(cpu)[:300], "cuda:", str(cuda)[:300])
+print(f"cuda vs cpu: {len(cases) - bad}/{len(cases)} cases give the same JSON")
+sys.exit(1 if bad else 0)
+EOF
+
+step "demo on both devices (timings)"
+for device in cpu cuda; do
+    "$QCALIB_BIN" demo --device "$device" --elements 4194304 || failed+=("demo --device $device")
+done
+
+step "summary"
+if [ "${#failed[@]}" -eq 0 ]; then
+    echo "all passed"
+else
+    printf 'FAILED: %s\n' "${failed[@]}"
+    exit 1
+fi
