@@ -7,6 +7,10 @@ use crate::arith::{RECIPROCAL_RANGE_LIMIT, fake_quant, fake_quant_reciprocal};
 /// Values scored against every candidate before moving on (they stay in L1).
 const BLOCK: usize = 2048;
 
+/// Values of a block of rows (channel axis innermost) scored against every candidate before
+/// moving on (they stay in L2).
+const ROW_BLOCK: usize = 16_384;
+
 /// Sums `d * d` into lane `j` of `acc` for the `d(j, v)` of `x`, lane `j` taking values
 /// `j, j + LANES, …`; then adds the lanes in a fixed pairwise order. The same order for every
 /// instruction set, so every kernel gives the same bits.
@@ -65,12 +69,35 @@ multiversion! {
 }
 
 multiversion! {
-    /// [`sq_err_rows_div`] with the corrected reciprocals `inv[j] = 1 / s[j]`.
+    /// [`sq_err_rows_div`] with the corrected reciprocals `inv[j] = 1 / s[j]`. Four rows at a
+    /// time: each channel's sum and scale are loaded once per four values, and the values are
+    /// still added in row order (the same bits as one row at a time).
     fn sq_err_rows_fma(rows: &[f32], s: &[f32], inv: &[f32], qmin: f32, qmax: f32, err: &mut [f64]) {
+        #[inline(always)]
+        fn diff(v: f32, sc: f32, iv: f32, qmin: f32, qmax: f32) -> f64 {
+            (fake_quant_reciprocal(v, sc, iv, qmin, qmax) - v) as f64
+        }
         let channels = err.len();
-        for row in rows.chunks_exact(channels) {
+        let mut quads = rows.chunks_exact(4 * channels);
+        for quad in &mut quads {
+            let (r0, rest) = quad.split_at(channels);
+            let (r1, rest) = rest.split_at(channels);
+            let (r2, r3) = rest.split_at(channels);
+            let values = r0.iter().zip(r1).zip(r2).zip(r3);
+            for ((e, (&sc, &iv)), (((&v0, &v1), &v2), &v3)) in err.iter_mut().zip(s.iter().zip(inv)).zip(values) {
+                let d0 = diff(v0, sc, iv, qmin, qmax);
+                let d1 = diff(v1, sc, iv, qmin, qmax);
+                let d2 = diff(v2, sc, iv, qmin, qmax);
+                let d3 = diff(v3, sc, iv, qmin, qmax);
+                let sum = d0.mul_add(d0, *e);
+                let sum = d1.mul_add(d1, sum);
+                let sum = d2.mul_add(d2, sum);
+                *e = d3.mul_add(d3, sum);
+            }
+        }
+        for row in quads.remainder().chunks_exact(channels) {
             for (((e, &v), &sc), &iv) in err.iter_mut().zip(row).zip(s).zip(inv) {
-                let d = (fake_quant_reciprocal(v, sc, iv, qmin, qmax) - v) as f64;
+                let d = diff(v, sc, iv, qmin, qmax);
                 *e = d.mul_add(d, *e);
             }
         }
@@ -148,12 +175,19 @@ impl Reducer for FakeQuantReducer<'_> {
     }
 
     fn rows(&self, part: &mut FakeQuantPart, rows: &[f32], channels: usize) {
-        for kk in 0..self.k {
-            let s = &self.scales[kk * channels..][..channels];
-            let err = &mut part.err[kk * channels..][..channels];
-            match &self.inverses {
-                Some(inv) => sq_err_rows_fma(rows, s, &inv[kk * channels..][..channels], self.qmin, self.qmax, err),
-                None => sq_err_rows_div(rows, s, self.qmin, self.qmax, err),
+        // A block of rows is scored against every candidate while it is in cache; each sum still
+        // takes its rows in order.
+        let block_rows = (ROW_BLOCK / channels.max(1)).max(4) / 4 * 4;
+        for block in rows.chunks(block_rows * channels) {
+            for kk in 0..self.k {
+                let s = &self.scales[kk * channels..][..channels];
+                let err = &mut part.err[kk * channels..][..channels];
+                match &self.inverses {
+                    Some(inv) => {
+                        sq_err_rows_fma(block, s, &inv[kk * channels..][..channels], self.qmin, self.qmax, err)
+                    }
+                    None => sq_err_rows_div(block, s, self.qmin, self.qmax, err),
+                }
             }
         }
     }
