@@ -5,7 +5,10 @@
 # 1. every test executable (the GPU tests compare every observer on the GPU with the CPU engine);
 # 2. `qcalib calibrate --device cuda` against `--device cpu` on the golden cases: the same JSON
 #    apart from "device", and the expected scales (../shared/tools/check_cases.py when there);
-# 3. `qcalib demo` on both devices (timings for the report).
+# 3. `qcalib demo` on both devices (timings for the report);
+# 4. `qcalib bench --device cuda` (JSON into $OUT when set) and benches/compare_torch.py next to
+#    it when torch is installed (the figures for the closing note).
+# NCCL is set up first (nccl-env.sh), for the is_sync_quantize tests over NCCL.
 #
 # Usage: bash scripts/gpu-run.sh   (from the repository, with gpu-pack/ in it)
 #        bash gpu-pack/gpu-run.sh  (the copy inside the pack)
@@ -27,9 +30,13 @@ export QCALIB_REPO="$pack/repo"
 export QCALIB_BIN="$bin/qcalib"
 export RUST_BACKTRACE=1
 
-# --- NCCL setup: reserved for the sync helper (is_sync_quantize over NCCL) -------------------
-# cudarc looks for libnccl.so, not the libnccl.so.2 of pip/PyTorch: symlink it into a folder on
-# LD_LIBRARY_PATH here once the crate uses NCCL. Nothing to do yet.
+# --- NCCL (is_sync_quantize on GPUs) ----------------------------------------------------------
+# cudarc loads libnccl.so, never the libnccl.so.2 of pip/PyTorch: nccl-env.sh links it into a
+# temporary folder on LD_LIBRARY_PATH. Two ranks on one GPU need NCCL >= 2.30 and these settings
+# (the tests print what the installed NCCL allowed).
+# shellcheck source=/dev/null
+source "$pack/nccl-env.sh" || echo "(NCCL not found: the NCCL tests will fail, as QCALIB_REQUIRE_GPU=1 asks)"
+export NCCL_MULTI_RANK_GPU_ENABLE=1 NCCL_NVLS_ENABLE=0 NCCL_MAX_CTAS=1
 # --- end of NCCL setup -------------------------------------------------------------------------
 
 failed=()
@@ -95,6 +102,18 @@ step "demo on both devices (timings)"
 for device in cpu cuda; do
     "$QCALIB_BIN" demo --device "$device" --elements 4194304 || failed+=("demo --device $device")
 done
+
+step "qcalib bench --device cuda (device-resident input, 64M elements)"
+out="${OUT:-$(mktemp -d)}"
+"$QCALIB_BIN" bench --device cuda --runs 5 --format json > "$out/bench-cuda.json" || failed+=("bench --device cuda")
+"$QCALIB_BIN" bench --device cuda --runs 5 || true
+
+step "the same algorithms with torch ops on the same GPU (benches/compare_torch.py)"
+if python3 -c "import torch" 2>/dev/null; then
+    python3 "$pack/compare_torch.py" --qcalib "$QCALIB_BIN" --device cuda --runs 5 || failed+=("compare_torch.py")
+else
+    echo "(no torch here)"
+fi
 
 step "summary"
 if [ "${#failed[@]}" -eq 0 ]; then

@@ -71,3 +71,10 @@ fn check_axis(x: &Input<'_>, axis: Option<usize>) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// The KL threshold search of SPEC §4 on a histogram, on `device`: the edge index `k* + 132`,
+/// or `None` when no window sum is finite (see [`search::kl::threshold_index`](crate::search::kl::threshold_index),
+/// which is the CPU engine's).
+pub fn kl_threshold_index(hist: &[u64], levels: u64, device: Device) -> Result<Option<usize>> {
+    Engine::new(device)?.kl_threshold_index(hist, levels)
+}

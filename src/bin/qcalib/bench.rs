@@ -4,8 +4,11 @@
 use std::time::Instant;
 
 use ndarray::ArrayView;
+use qcalib::search::candidates::mse_candidates;
 use qcalib::synthetic::Rng;
-use qcalib::{Observer, ObserverKind, ObserverSpec, QScheme, TensorView};
+use qcalib::{
+    CudaTensorView, Device, Input, Observer, ObserverKind, ObserverSpec, QScheme, QuantDType, QuantRange, arith, stats,
+};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -19,37 +22,109 @@ struct Case {
     observer: &'static str,
     variant: String,
     seconds: f64,
+    /// For a search: the bytes it reads (none: a search on a histogram only).
+    searched_bytes: Option<f64>,
+}
+
+impl Case {
+    /// Input bytes per second (0 for a search on a histogram).
+    fn gbps(&self, n: usize) -> f64 {
+        if self.observer == "kl-search" { 0.0 } else { self.searched_bytes.unwrap_or(bytes(n)) / self.seconds / 1e9 }
+    }
+}
+
+/// The device the observers will run on (`auto` resolved).
+fn resolve(device: Device) -> Result<Device, String> {
+    let mut probe = ObserverSpec::new(ObserverKind::MinMax).build().map_err(|e| e.to_string())?;
+    probe.set_device(device).map_err(|e| e.to_string())?;
+    Ok(probe.device())
+}
+
+/// The generated tensor in GPU memory, uploaded once before the timings.
+struct DeviceCopy {
+    stream: std::sync::Arc<qcalib::cudarc::driver::CudaStream>,
+    data: qcalib::cudarc::driver::CudaSlice<f32>,
+}
+
+impl DeviceCopy {
+    fn upload(ordinal: usize, data: &[f32]) -> Result<Self, String> {
+        let ctx = qcalib::cudarc::driver::CudaContext::new(ordinal).map_err(|e| format!("cuda:{ordinal}: {e}"))?;
+        let stream = ctx.new_stream().map_err(|e| format!("cuda:{ordinal}: {e}"))?;
+        let data = stream.clone_htod(data).map_err(|e| format!("upload: {e}"))?;
+        Ok(DeviceCopy { stream, data })
+    }
+
+    /// The first `m` values seen with `shape`.
+    fn view(&self, m: usize, shape: &[usize]) -> Result<Input<'_>, String> {
+        let view = self.data.try_slice(0..m).ok_or("shape larger than the tensor")?;
+        Ok(CudaTensorView::new(view, shape).map_err(|e| e.to_string())?.into())
+    }
+
+    /// The median time of a device-to-device copy of the tensor.
+    fn copy_seconds(&self, runs: usize) -> Result<f64, String> {
+        let mut dst = self.stream.alloc_zeros::<f32>(self.data.len()).map_err(|e| e.to_string())?;
+        let mut failure = None;
+        let t = median(runs, || {
+            let t = Instant::now();
+            let r = self.stream.memcpy_dtod(&self.data, &mut dst).and_then(|_| self.stream.synchronize());
+            if let Err(e) = r {
+                failure = Some(e.to_string());
+            }
+            t.elapsed().as_secs_f64()
+        });
+        failure.map_or(Ok(t), Err)
+    }
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
     let n = args.elements.max(CHANNELS);
     let data = generate(n);
-    let bandwidth = median(args.runs, || {
-        let t = Instant::now();
-        std::hint::black_box(read_and_sum(&data));
-        t.elapsed().as_secs_f64()
-    });
-    let bandwidth_gbps = bytes(n) / bandwidth / 1e9;
-    let mut cases = Vec::new();
-    let mut device = args.device.to_string();
+    let device = resolve(args.device)?;
     let rows = n / CHANNELS;
-    let flat = ArrayView::from_shape(n, &data).map_err(|e| e.to_string())?;
-    let wide = ArrayView::from_shape((CHANNELS, rows), &data[..rows * CHANNELS]).map_err(|e| e.to_string())?;
-    let tall = ArrayView::from_shape((rows, CHANNELS), &data[..rows * CHANNELS]).map_err(|e| e.to_string())?;
+    let shapes: [(&str, Vec<usize>, Option<isize>); 3] = [
+        ("per-tensor", vec![n], None),
+        ("per-channel axis 0", vec![CHANNELS, rows], Some(0)),
+        ("per-channel last axis", vec![rows, CHANNELS], Some(-1)),
+    ];
+    // The tensor where the engine reads it: host memory, or (CUDA) uploaded once, beforehand.
+    let on_device = match device {
+        Device::Cuda(ordinal) => Some(DeviceCopy::upload(ordinal, &data)?),
+        _ => None,
+    };
+    let input = |shape: &[usize]| -> Result<Input<'_>, String> {
+        let m: usize = shape.iter().product();
+        match &on_device {
+            Some(d) => d.view(m, shape),
+            None => Ok(ArrayView::from_shape(shape, &data[..m]).map_err(|e| e.to_string())?.into_dyn().into()),
+        }
+    };
+    let bandwidth = match &on_device {
+        Some(d) => d.copy_seconds(args.runs)?,
+        None => median(args.runs, || {
+            let t = Instant::now();
+            std::hint::black_box(read_and_sum(&data));
+            t.elapsed().as_secs_f64()
+        }),
+    };
+    // A copy reads and writes every byte: count both (CUDA); the host reference only reads.
+    let bandwidth_gbps = bytes(n) * if on_device.is_some() { 2.0 } else { 1.0 } / bandwidth / 1e9;
+
+    let mut cases = Vec::new();
     for kind in ObserverKind::ALL {
-        let mut variants: Vec<(String, TensorView<'_>, Option<isize>)> = Vec::new();
-        if kind != ObserverKind::MovingAveragePerChannelMinMax {
-            variants.push(("per-tensor".into(), flat.into(), None));
-        }
-        if matches!(kind, ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse) {
-            variants.push((format!("per-channel axis 0 ({CHANNELS} ch)"), wide.into(), Some(0)));
-            variants.push((format!("per-channel last axis ({CHANNELS} ch)"), tall.into(), Some(-1)));
-        }
-        for (variant, x, axis) in variants {
+        let per_channel_ok =
+            matches!(kind, ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse);
+        for (name, shape, axis) in &shapes {
+            let wanted = match axis {
+                None => kind != ObserverKind::MovingAveragePerChannelMinMax,
+                Some(_) => per_channel_ok,
+            };
+            if !wanted {
+                continue;
+            }
             let mut quant = kind.default_config();
             if let Some(a) = axis {
                 quant.qscheme = QScheme::PerChannelSymmetric;
-                quant.ch_axis = a;
+                quant.ch_axis = *a;
             }
             let spec = ObserverSpec {
                 kind,
@@ -62,32 +137,58 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
                 sync_histograms: false,
             };
             let mut obs = spec.build().map_err(|e| e.to_string())?;
-            obs.set_device(args.device).map_err(|e| e.to_string())?;
-            device = obs.device().to_string();
+            obs.set_device(device).map_err(|e| e.to_string())?;
+            let channels = if axis.is_some() { format!(" ({CHANNELS} ch)") } else { String::new() };
             let variant = match kind {
-                ObserverKind::Kl => format!("{variant}, 2048 bins, collection"),
-                ObserverKind::Percentile => format!("{variant}, 2048 bins"),
-                ObserverKind::Mse => format!("{variant}, 95 candidates"),
-                _ => variant,
+                ObserverKind::Kl => format!("{name}{channels}, 2048 bins, collection"),
+                ObserverKind::Percentile => format!("{name}{channels}, 2048 bins"),
+                ObserverKind::Mse => format!("{name}{channels}, 95 candidates"),
+                _ => format!("{name}{channels}"),
             };
-            let seconds = time_observer(obs.as_mut(), &x, args.runs)?;
-            cases.push(Case { observer: kind.name(), variant, seconds });
+            let seconds = time_observer(obs.as_mut(), &input(shape)?, args.runs)?;
+            cases.push(Case { observer: kind.name(), variant, seconds, searched_bytes: None });
         }
     }
+
+    // The searches alone.
+    let flat = input(&[n])?;
+    let Ok(range) = QuantRange::resolve(QuantDType::QInt8, None, None) else { return Err("qint8 range".into()) };
+    let amax = data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scales: Vec<f32> = mse_candidates(1).iter().map(|&(_, f)| arith::scale(-amax * f, amax * f, &range)).collect();
+    let mut failure = None;
+    let seconds = median(args.runs, || {
+        let t = Instant::now();
+        if let Err(e) = stats::fake_quant_errors(&flat, None, &scales, scales.len(), &range, device) {
+            failure = Some(e.to_string());
+        }
+        t.elapsed().as_secs_f64()
+    });
+    cases.push(Case {
+        observer: "mse-search",
+        variant: "per-tensor, 95 candidates (fake-quant errors alone)".into(),
+        seconds,
+        searched_bytes: Some(bytes(n)),
+    });
     let hist = kl_histogram(&data, 2048);
     let seconds = median(args.runs.max(20), || {
         let t = Instant::now();
-        std::hint::black_box(qcalib::search::kl::threshold_index(&hist, 128));
+        if let Err(e) = stats::kl_threshold_index(&hist, QuantDType::QInt8.kl_levels(), device) {
+            failure = Some(e.to_string());
+        }
         t.elapsed().as_secs_f64()
     });
-    cases.push(Case { observer: "kl-search", variant: "2048 bins, qint8".into(), seconds });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    cases.push(Case { observer: "kl-search", variant: "2048 bins, qint8".into(), seconds, searched_bytes: None });
+    let device = device.to_string();
 
     match args.format {
         Format::Json => {
             let results: Vec<_> = cases
                 .iter()
                 .map(|c| {
-                    let gbps = if c.observer.ends_with("-search") { 0.0 } else { bytes(n) / c.seconds / 1e9 };
+                    let gbps = c.gbps(n);
                     json!({"observer": c.observer, "variant": c.variant, "seconds": c.seconds,
                            "gbps": gbps, "ratio": gbps / bandwidth_gbps})
                 })
@@ -102,19 +203,23 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
                 rayon::current_num_threads(),
                 args.runs
             );
-            println!("memory read bandwidth (parallel read-and-sum of the same buffer): {bandwidth_gbps:.1} GB/s");
+            if on_device.is_some() {
+                println!("device-to-device copy of the same buffer (bytes read + written): {bandwidth_gbps:.1} GB/s");
+            } else {
+                println!("memory read bandwidth (parallel read-and-sum of the same buffer): {bandwidth_gbps:.1} GB/s");
+            }
             println!(
-                "{:<36} {:<44} {:>11} {:>12} {:>8} {:>7}",
+                "{:<36} {:<52} {:>11} {:>12} {:>8} {:>7}",
                 "observer", "variant", "time", "elements/s", "GB/s", "ratio"
             );
             for c in &cases {
-                if c.observer.ends_with("-search") {
-                    println!("{:<36} {:<44} {:>9.3}ms", c.observer, c.variant, c.seconds * 1e3);
+                if c.observer == "kl-search" {
+                    println!("{:<36} {:<52} {:>9.3}ms", c.observer, c.variant, c.seconds * 1e3);
                     continue;
                 }
-                let gbps = bytes(n) / c.seconds / 1e9;
+                let gbps = c.gbps(n);
                 println!(
-                    "{:<36} {:<44} {:>9.2}ms {:>12.3e} {:>8.2} {:>6.0}%",
+                    "{:<36} {:<52} {:>9.2}ms {:>12.3e} {:>8.2} {:>6.0}%",
                     c.observer,
                     c.variant,
                     c.seconds * 1e3,
@@ -140,11 +245,11 @@ fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
     t[t.len() / 2]
 }
 
-fn time_observer(obs: &mut dyn Observer, x: &TensorView<'_>, runs: usize) -> Result<f64, String> {
+fn time_observer(obs: &mut dyn Observer, x: &Input<'_>, runs: usize) -> Result<f64, String> {
     let mut failure = None;
     let seconds = median(runs, || {
         let t = Instant::now();
-        if let Err(e) = obs.observe_tensor(x) {
+        if let Err(e) = obs.observe_input(x) {
             failure = Some(e.to_string());
         }
         t.elapsed().as_secs_f64()
