@@ -39,6 +39,12 @@ pub struct Extremes {
 }
 
 impl Extremes {
+    /// The largest `|x|` of channel `c`: `max(-min, max)` (the histogram range of SPEC §4).
+    pub fn abs_max(&self, c: usize) -> f32 {
+        let (lo, hi) = (self.min[c], self.max[c]);
+        if -lo > hi { -lo } else { hi }
+    }
+
     /// An error when the tensor held NaN or infinity (SPEC §6).
     pub fn check_finite(&self) -> Result<()> {
         match self.non_finite {

@@ -204,7 +204,7 @@ impl KlObserver {
         }
         match &local {
             Ok(Some((l, e))) => {
-                let amax = if -e.min[0] > e.max[0] { -e.min[0] } else { e.max[0] };
+                let amax = e.abs_max(0);
                 header[0] = u64::from(if amax == 0.0 { 0.0f32 } else { amax }.to_bits());
                 header[SLOTS + 3 * rank] = l.len() as u64;
                 header[SLOTS + 3 * rank + 1] = e.non_finite;
@@ -332,7 +332,7 @@ impl Observer for KlObserver {
             (engine.extremes(&x, None)?, None)
         };
         e.check_finite()?;
-        let amax = if -e.min[0] > e.max[0] { -e.min[0] } else { e.max[0] };
+        let amax = e.abs_max(0);
         let mut window = self.window.clone();
         window.add(self.bins, amax, x.len(), |b, hi| match early.take() {
             Some(h) if b == bins && hi == top => Ok(h),

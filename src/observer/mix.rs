@@ -18,7 +18,7 @@ pub const MIX_BINS: usize = 2048;
 /// The candidate fractions of `|x|` MixObserver tries.
 pub const MIX_FRACTIONS: [f64; 9] = [0.999, 0.9995, 0.9999, 0.99993, 0.99995, 0.99997, 0.99999, 0.999995, 0.999999];
 
-/// `MixObserver` (per-tensor): the percentile clips of [`MIX_FRACTIONS`] (on a 2048-bin
+/// `MixObserver` (per-tensor): the percentile clips of [`MIX_FRACTIONS`](crate::observer::MIX_FRACTIONS) (on a 2048-bin
 /// histogram of `|x|`) are fake-quantized against the whole batch; the clip with the smallest L2
 /// error wins (errors within a relative 1e-6 are tied and the smaller clip wins), and its range
 /// goes through the moving average.
@@ -68,7 +68,7 @@ impl Observer for MixObserver {
         let x = self.core.engine.load(x)?;
         let e = self.core.extremes(&x, None)?;
         let (mn, mx) = (e.min[0], e.max[0]);
-        let range = if -mn > mx { -mn } else { mx };
+        let range = e.abs_max(0);
         let targets: Vec<f32> = MIX_FRACTIONS.iter().map(|&f| fraction_target(f, x.len())).collect();
         let mut bins = self.core.engine.percentile_bins(&x, MIX_BINS, range, &targets)?;
         bins.sort_unstable();

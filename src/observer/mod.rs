@@ -20,7 +20,7 @@ pub use self::config::ObserverConfig;
 pub use self::core::RangeStats;
 pub use kl::{KlObserver, KlWindow};
 pub use min_max::{MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver};
-pub use mix::MixObserver;
+pub use mix::{MIX_BINS, MIX_FRACTIONS, MixObserver};
 pub use mse::MseObserver;
 pub use percentile::PercentileObserver;
 pub use state::ObserverState;

@@ -70,7 +70,7 @@ impl Observer for PercentileObserver {
         let x = self.core.engine.load(x)?;
         let e = self.core.extremes(&x, None)?;
         let (mn, mx) = (e.min[0], e.max[0]);
-        let range = if -mn > mx { -mn } else { mx };
+        let range = e.abs_max(0);
         let target = percentile_target(self.percentile, x.len());
         let i = self.core.engine.percentile_bin(&x, self.bins, range, target)?;
         let (lo, hi) = clip_range(mn, mx, bin_centre(i, range, self.bins));

@@ -10,9 +10,9 @@ use std::path::Path;
 use qcalib::Observer;
 use qcalib::sync::Rendezvous;
 
-use crate::report::{Report, TensorReport};
+use crate::CalibrateArgs;
+use crate::report::Report;
 use crate::state_file::{Observers, StateFile};
-use crate::{CalibrateArgs, Format};
 use qcalib::io::{Batch, read_batch};
 
 /// Files from which a progress bar is drawn (when stderr is a terminal).
@@ -74,22 +74,10 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
 
     let report = match observers {
         Observers::Empty => return Err("no batch has been observed".into()),
-        Observers::Single(mut obs) => Report::Single(TensorReport::of(obs.as_mut())?),
-        Observers::Named(named) => Report::Named(
-            named
-                .into_iter()
-                .map(|(name, mut obs)| {
-                    TensorReport::of(obs.as_mut())
-                        .map(|r| (name.clone(), r))
-                        .map_err(|e| format!("tensor {name:?}: {e}"))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
+        Observers::Single(obs) => Report::of(Some(obs), BTreeMap::new())?,
+        Observers::Named(named) => Report::of(None, named)?,
     };
-    match args.format {
-        Format::Json => println!("{}", report.to_json()),
-        Format::Table => print!("{}", report.to_table()),
-    }
+    report.print(args.format);
     Ok(())
 }
 

@@ -16,8 +16,8 @@ use qcalib::io::{Batch, read_batch};
 use qcalib::sync::{NcclGroup, ProcessGroup, ReduceOp, Rendezvous};
 use qcalib::{Device, Error, Observer, ObserverSpec, TensorView};
 
-use crate::report::{Report, TensorReport};
-use crate::{CalibrateArgs, Format};
+use crate::CalibrateArgs;
+use crate::report::Report;
 
 /// One rank's run: join, observe in steps, print the (common) qparams.
 pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<(), String> {
@@ -127,23 +127,7 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
         }
     }
 
-    let report = match single {
-        Some(mut obs) => Report::Single(TensorReport::of(obs.as_mut())?),
-        None => Report::Named(
-            named
-                .into_iter()
-                .map(|(name, mut obs)| {
-                    TensorReport::of(obs.as_mut())
-                        .map(|r| (name.clone(), r))
-                        .map_err(|e| format!("tensor {name:?}: {e}"))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-    };
-    match args.format {
-        Format::Json => println!("{}", report.to_json()),
-        Format::Table => print!("{}", report.to_table()),
-    }
+    Report::of(single, named)?.print(args.format);
     Ok(())
 }
 

@@ -5,6 +5,8 @@ use std::fmt::Write;
 use qcalib::Observer;
 use serde_json::{Value, json};
 
+use crate::Format;
+
 /// The result of one observer.
 pub struct TensorReport {
     observer: String,
@@ -93,6 +95,35 @@ pub enum Report {
 }
 
 impl Report {
+    /// The qparams of a run's observers: the one of `.npy` input, else those of `.safetensors`
+    /// input by tensor name.
+    pub fn of(
+        single: Option<Box<dyn Observer>>,
+        named: std::collections::BTreeMap<String, Box<dyn Observer>>,
+    ) -> Result<Report, String> {
+        match single {
+            Some(mut obs) => Ok(Report::Single(TensorReport::of(obs.as_mut())?)),
+            None => Ok(Report::Named(
+                named
+                    .into_iter()
+                    .map(|(name, mut obs)| {
+                        TensorReport::of(obs.as_mut())
+                            .map(|r| (name.clone(), r))
+                            .map_err(|e| format!("tensor {name:?}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )),
+        }
+    }
+
+    /// Prints the report on stdout in `format`.
+    pub fn print(&self, format: Format) {
+        match format {
+            Format::Json => println!("{}", self.to_json()),
+            Format::Table => print!("{}", self.to_table()),
+        }
+    }
+
     /// One JSON object: the tensor's, or one per name keyed by name.
     pub fn to_json(&self) -> String {
         let v = match self {
