@@ -14,7 +14,11 @@ use super::walk::Reducer;
 pub(crate) fn bin_of(v: f32, bins_f: f32, top: f32, hi: f32, bins: u32) -> u32 {
     let a = v.abs();
     let product = a * bins_f;
-    let pos = if product < f32::INFINITY { product / hi } else { (a / hi) * bins_f };
+    // One division either way (both arms of a select are computed): `product / hi`, times 1
+    // (exact), or on overflow `a / hi`, times the bins.
+    let finite = product < f32::INFINITY;
+    let (num, scale) = if finite { (product, 1.0) } else { (a, bins_f) };
+    let pos = (num / hi) * scale;
     let pos = if pos < top { pos } else { top }; // also catches NaN
     // `pos` is in [0, bins - 1] (< 2^23): adding 2^23 to its integer part puts that integer in
     // the low mantissa bits, exactly (a branch-free, vectorisable floor).
