@@ -74,35 +74,36 @@ multiversion! {
 
 multiversion! {
     /// Folds rows of `lo.len()` values (value `j` in channel `j`) into per-channel extremes;
-    /// returns how many values were non-finite. Four rows at a time, so the running extremes
-    /// are read and written once per four values.
+    /// returns how many values were non-finite.
+    ///
+    /// The running extremes are the only per-channel state. Non-finite values are not counted
+    /// in the pass: every value adds `v * 0` to a few lanes (0 for a finite value, NaN for NaN or
+    /// infinity), and only a pass that ends with NaN there counts them exactly, in a second pass
+    /// (a batch with NaN or infinity is refused anyway).
     fn extremes_rows(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> u64 {
         let channels = lo.len();
-        let mut nf = 0u64;
-        let mut quads = rows.chunks_exact(4 * channels);
-        for quad in &mut quads {
-            let (r0, rest) = quad.split_at(channels);
-            let (r1, rest) = rest.split_at(channels);
-            let (r2, r3) = rest.split_at(channels);
-            let mut quad_nf = 0u64;
-            for j in 0..channels {
-                let (a, b, c, d) = (r0[j], r1[j], r2[j], r3[j]);
-                lo[j] = min(lo[j], min(min(a, b), min(c, d)));
-                hi[j] = max(hi[j], max(max(a, b), max(c, d)));
-                quad_nf += (non_finite(a) + non_finite(b) + non_finite(c) + non_finite(d)) as u64;
+        let mut poison = [0f32; LANES];
+        for row in rows.chunks_exact(channels) {
+            let mut lanes = lo.chunks_exact_mut(LANES).zip(hi.chunks_exact_mut(LANES)).zip(row.chunks_exact(LANES));
+            for ((l, h), v) in &mut lanes {
+                for j in 0..LANES {
+                    l[j] = min(l[j], v[j]);
+                    h[j] = max(h[j], v[j]);
+                    poison[j] += v[j] * 0.0;
+                }
             }
-            nf += quad_nf;
-        }
-        for row in quads.remainder().chunks_exact(channels) {
-            let mut row_nf = 0u64;
-            for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+            let tail = channels - channels % LANES;
+            for ((l, h), &v) in lo[tail..].iter_mut().zip(&mut hi[tail..]).zip(&row[tail..]) {
                 *l = min(*l, v);
                 *h = max(*h, v);
-                row_nf += non_finite(v) as u64;
+                poison[0] += v * 0.0;
             }
-            nf += row_nf;
         }
-        nf
+        if poison.iter().any(|p| p.is_nan()) {
+            rows.iter().map(|&v| non_finite(v) as u64).sum()
+        } else {
+            0
+        }
     }
 }
 
