@@ -95,6 +95,9 @@ struct Prefix {
     count: Vec<u64>,
     /// `nonzero[j]` = number of non-empty bins in `h[..j]`.
     nonzero: Vec<u64>,
+    /// `count` and `nonzero` as f64, for the vectorised pass (exact below 2^53 counts).
+    count_f: Vec<f64>,
+    nonzero_f: Vec<f64>,
     /// `sum h ln h` over `h[..j]`, compensated: `hlnh[j] + hlnh_err[j]`.
     hlnh: Vec<f64>,
     hlnh_err: Vec<f64>,
@@ -127,7 +130,9 @@ impl Prefix {
             return None;
         }
         let hf = h.iter().map(|&c| c as f64).collect();
-        Some(Prefix { h, hf, count, nonzero, hlnh, hlnh_err, total, ln_total: total.ln() })
+        let count_f = count.iter().map(|&c| c as f64).collect();
+        let nonzero_f = nonzero.iter().map(|&c| c as f64).collect();
+        Some(Prefix { h, hf, count, nonzero, count_f, nonzero_f, hlnh, hlnh_err, total, ln_total: total.ln() })
     }
 
     /// `sum h ln h` over bins `a..b`.
@@ -160,16 +165,14 @@ impl Prefix {
         lv.bounds.clear();
         lv.bounds.extend((0..nq).map(|m| (m as f64 * step).ceil() as usize));
         lv.bounds.push(i);
-        let at = |v: &[u64], out: &mut Vec<f64>, bounds: &[usize]| {
+        let at = |v: &[f64], out: &mut Vec<f64>, bounds: &[usize]| {
             out.clear();
-            out.extend(bounds.iter().map(|&b| v[b] as f64));
+            out.extend(bounds.iter().map(|&b| v[b]));
         };
-        at(&self.count, &mut lv.count, &lv.bounds);
-        at(&self.nonzero, &mut lv.nonzero, &lv.bounds);
-        lv.hlnh.clear();
-        lv.hlnh.extend(lv.bounds.iter().map(|&b| self.hlnh[b]));
-        lv.hlnh_err.clear();
-        lv.hlnh_err.extend(lv.bounds.iter().map(|&b| self.hlnh_err[b]));
+        at(&self.count_f, &mut lv.count, &lv.bounds);
+        at(&self.nonzero_f, &mut lv.nonzero, &lv.bounds);
+        at(&self.hlnh, &mut lv.hlnh, &lv.bounds);
+        at(&self.hlnh_err, &mut lv.hlnh_err, &lv.bounds);
         // Every level but the last, vectorised: its member bins are all below the last bin.
         let n = nq; // prefix values at bounds 0 ..= nq - 1
         let body = level_sums(
