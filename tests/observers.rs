@@ -18,15 +18,7 @@ fn range(dtype: QuantDType) -> QuantRange {
 }
 
 fn spec(kind: ObserverKind) -> ObserverSpec {
-    ObserverSpec {
-        kind,
-        quant: kind.default_config(),
-        bins: None,
-        percentile: None,
-        update_interval: None,
-        stride: None,
-        sync_histograms: false,
-    }
+    ObserverSpec::new(kind)
 }
 
 // ---- SPEC §2: the update rule and the scale -------------------------------------------------

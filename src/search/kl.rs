@@ -307,21 +307,9 @@ fn two_sum(a: f64, b: f64) -> (f64, f64) {
 mod tests {
     use super::*;
 
-    fn lcg_hist(n: usize, seed: u64, zeros: bool) -> Vec<u64> {
-        let mut s = seed;
-        (0..n)
-            .map(|b| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let noise = (s >> 40) % 50;
-                let base = (2e5 * (-(b as f64) / (n as f64 / 6.0)).exp()) as u64;
-                if zeros && (s >> 20).is_multiple_of(7) { 0 } else { base + noise }
-            })
-            .collect()
-    }
-
     #[test]
     fn counts_past_u64_have_no_threshold() {
-        let mut hist = lcg_hist(512, 3, false);
+        let mut hist: Vec<u64> = (0..512u64).map(|b| 1000 + 7 * (b % 13)).collect();
         hist[300] = u64::MAX;
         assert_eq!(threshold_index(&hist, 128), None);
     }

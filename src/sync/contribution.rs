@@ -47,6 +47,28 @@ impl fmt::Display for CollectiveShape {
 }
 
 impl Contribution {
+    /// Copies the reduced f32 values into `data` (an error when the result is of u64 values).
+    pub(crate) fn write_f32(self, data: &mut [f32]) -> Result<()> {
+        match self {
+            Contribution::F32(_, v) if v.len() == data.len() => {
+                data.copy_from_slice(&v);
+                Ok(())
+            }
+            _ => Err(Error::Sync("an f32 all-reduce returned something else".into())),
+        }
+    }
+
+    /// Copies the reduced u64 values into `data` (an error when the result is of f32 values).
+    pub(crate) fn write_u64(self, data: &mut [u64]) -> Result<()> {
+        match self {
+            Contribution::U64(_, v) if v.len() == data.len() => {
+                data.copy_from_slice(&v);
+                Ok(())
+            }
+            _ => Err(Error::Sync("a u64 all-reduce returned something else".into())),
+        }
+    }
+
     /// Which collective this is.
     pub(crate) fn shape(&self) -> CollectiveShape {
         match self {

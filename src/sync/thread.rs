@@ -200,18 +200,10 @@ impl ProcessGroup for ThreadGroup {
     }
 
     fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> Result<()> {
-        match self.all_reduce(Contribution::F32(op, data.to_vec()))? {
-            Contribution::F32(_, v) => data.copy_from_slice(&v),
-            Contribution::U64(..) => return Err(Error::Sync("an f32 all-reduce returned u64 values".into())),
-        }
-        Ok(())
+        self.all_reduce(Contribution::F32(op, data.to_vec()))?.write_f32(data)
     }
 
     fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> Result<()> {
-        match self.all_reduce(Contribution::U64(op, data.to_vec()))? {
-            Contribution::U64(_, v) => data.copy_from_slice(&v),
-            Contribution::F32(..) => return Err(Error::Sync("a u64 all-reduce returned f32 values".into())),
-        }
-        Ok(())
+        self.all_reduce(Contribution::U64(op, data.to_vec()))?.write_u64(data)
     }
 }
