@@ -372,10 +372,10 @@ impl ObserverSpec {
         }
     }
 
-    /// The observer, validated.
-    pub fn build(&self) -> Result<Box<dyn Observer>> {
+    /// The complete configuration: the options given, the observer's defaults for the others.
+    /// An option the observer does not have (e.g. `bins` for MinMax) is an error.
+    pub fn config(&self) -> Result<ObserverConfig> {
         use crate::config::{KlConfig, MseConfig, PercentileConfig};
-        let q = self.quant.clone();
         let reject = |name: &'static str, given: bool| -> Result<()> {
             if given {
                 Err(crate::Error::config(name, format!("is not a parameter of {}", self.kind.plugin_name())))
@@ -399,32 +399,37 @@ impl ObserverSpec {
         if self.kind != ObserverKind::Mse {
             reject("stride", stride)?;
         }
+        let q = self.quant.clone();
         Ok(match self.kind {
-            ObserverKind::MinMax => Box::new(MinMaxObserver::new(q)?),
-            ObserverKind::MovingAverageMinMax => Box::new(MovingAverageMinMaxObserver::new(q)?),
-            ObserverKind::MovingAveragePerChannelMinMax => Box::new(MovingAveragePerChannelMinMaxObserver::new(q)?),
-            ObserverKind::Mix => Box::new(MixObserver::new(q)?),
+            ObserverKind::MinMax => ObserverConfig::MinMax(q),
+            ObserverKind::MovingAverageMinMax => ObserverConfig::MovingAverageMinMax(q),
+            ObserverKind::MovingAveragePerChannelMinMax => ObserverConfig::MovingAveragePerChannelMinMax(q),
+            ObserverKind::Mix => ObserverConfig::Mix(q),
             ObserverKind::Percentile => {
                 let d = PercentileConfig::default();
-                Box::new(PercentileObserver::new(PercentileConfig {
+                ObserverConfig::Percentile(PercentileConfig {
                     percentile: self.percentile.unwrap_or(d.percentile),
                     bins: self.bins.unwrap_or(d.bins),
                     quant: q,
-                })?)
+                })
             }
             ObserverKind::Kl => {
                 let d = KlConfig::default();
-                Box::new(KlObserver::new(KlConfig {
+                ObserverConfig::Kl(KlConfig {
                     bins: self.bins.unwrap_or(d.bins),
                     update_interval: self.update_interval.unwrap_or(d.update_interval),
                     sync_histograms: self.sync_histograms,
                     quant: q,
-                })?)
+                })
             }
-            ObserverKind::Mse => Box::new(MseObserver::new(MseConfig {
-                stride: self.stride.unwrap_or(MseConfig::default().stride),
-                quant: q,
-            })?),
+            ObserverKind::Mse => {
+                ObserverConfig::Mse(MseConfig { stride: self.stride.unwrap_or(MseConfig::default().stride), quant: q })
+            }
         })
+    }
+
+    /// The observer, validated.
+    pub fn build(&self) -> Result<Box<dyn Observer>> {
+        self.config()?.build()
     }
 }
