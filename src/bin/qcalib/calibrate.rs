@@ -13,7 +13,7 @@ use qcalib::sync::Rendezvous;
 use crate::CalibrateArgs;
 use crate::report::Report;
 use crate::state_file::{Observers, StateFile};
-use qcalib::io::{Batch, read_batch};
+use qcalib::io::{Batch, OwnedTensor, read_batch};
 
 /// Files from which a progress bar is drawn (when stderr is a terminal).
 const PROGRESS_FROM: usize = 8;
@@ -107,14 +107,25 @@ fn observe(
             let Observers::Named(named) = observers else {
                 return Err(at("a .safetensors batch among .npy batches".into()));
             };
-            for (name, t) in tensors {
-                let obs = match named.get_mut(&name) {
-                    Some(o) => o,
-                    None => named.entry(name.clone()).or_insert(new_observer()?),
-                };
-                obs.observe_tensor(&t.view()).map_err(|e| at(format!("tensor {name:?}: {e}")))?;
-            }
-            Ok(())
+            observe_named(named, tensors, new_observer, &at)
         }
     }
+}
+
+/// Observes the tensors of a `.safetensors` batch, each with the observer of its name (a new
+/// name gets a new observer); `at` puts the file in front of an error.
+pub fn observe_named(
+    named: &mut BTreeMap<String, Box<dyn Observer>>,
+    tensors: Vec<(String, OwnedTensor)>,
+    new_observer: &impl Fn() -> Result<Box<dyn Observer>, String>,
+    at: &impl Fn(String) -> String,
+) -> Result<(), String> {
+    for (name, t) in tensors {
+        let obs = match named.get_mut(&name) {
+            Some(o) => o,
+            None => named.entry(name.clone()).or_insert(new_observer()?),
+        };
+        obs.observe_tensor(&t.view()).map_err(|e| at(format!("tensor {name:?}: {e}")))?;
+    }
+    Ok(())
 }

@@ -91,16 +91,7 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
                     };
                     obs.observe_tensor(&t.view()).map_err(|e| at(e.to_string()))
                 }
-                Some(Batch::Named(tensors)) => {
-                    for (name, t) in tensors {
-                        let obs = match named.get_mut(&name) {
-                            Some(o) => o,
-                            None => named.entry(name.clone()).or_insert(new_observer()?),
-                        };
-                        obs.observe_tensor(&t.view()).map_err(|e| at(format!("tensor {name:?}: {e}")))?;
-                    }
-                    Ok(())
-                }
+                Some(Batch::Named(tensors)) => crate::calibrate::observe_named(&mut named, tensors, &new_observer, &at),
                 None => {
                     let nothing = TensorView::from(&[] as &[f32]);
                     for obs in single.iter_mut().chain(named.values_mut()) {
