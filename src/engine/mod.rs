@@ -164,26 +164,29 @@ impl Engine {
         }
     }
 
-    /// For each target count, the first bin of the histogram of `|x|` (`bins` bins on
-    /// `[0, hi]`) whose cumulative count is `>= target` (`bins` when none is); see
-    /// [`search::percentile::first_bin_reaching`]. On a GPU the histogram stays there.
-    pub(crate) fn percentile_bins(&self, x: &Loaded<'_>, bins: usize, hi: f32, targets: &[f32]) -> Result<Vec<usize>> {
-        let on_host =
-            |hist: Vec<u64>| targets.iter().map(|&t| search::percentile::first_bin_reaching(&hist, t)).collect();
-        match (self, x) {
-            (_, Loaded::Host(x)) => Ok(on_host(cpu::abs_histogram(x, bins, hi))),
-            (_, Loaded::HostCopy(x)) => Ok(on_host(cpu::abs_histogram(&x.view(), bins, hi))),
-            (Engine::Cuda(g), Loaded::Cuda(x)) => g.percentile_bins(x, bins, hi, targets),
-            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
-        }
-    }
-
-    /// [`Engine::percentile_bins`] for one target.
-    pub(crate) fn percentile_bin(&self, x: &Loaded<'_>, bins: usize, hi: f32, target: f32) -> Result<usize> {
-        match self.percentile_bins(x, bins, hi, &[target])?.as_slice() {
-            [bin] => Ok(*bin),
-            other => Err(Error::Device(format!("internal error in qcalib: {} bins for one target", other.len()))),
-        }
+    /// The extremes of `x` (per tensor), checked finite, and for each target count the first bin of the
+    /// histogram of `|x|` (`bins` bins on `[0, max |x|]`) whose cumulative count is `>= target`
+    /// (`bins` when none is); see [`search::percentile::first_bin_reaching`]. The CPU finds both in one pass over the data when it can (see
+    /// `cpu::select`); a GPU runs the two kernels.
+    pub(crate) fn extremes_and_percentile_bins(
+        &self,
+        x: &Loaded<'_>,
+        bins: usize,
+        targets: &[f32],
+    ) -> Result<(Extremes, Vec<usize>)> {
+        let (e, found) = match (self, x) {
+            (_, Loaded::Host(x)) => cpu::extremes_and_percentile_bins(x, bins, targets),
+            (_, Loaded::HostCopy(x)) => cpu::extremes_and_percentile_bins(&x.view(), bins, targets),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => {
+                let e = g.extremes(x, None)?;
+                e.check_finite()?;
+                let found = g.percentile_bins(x, bins, e.abs_max(0), targets)?;
+                (e, found)
+            }
+            (Engine::Cpu, Loaded::Cuda(_)) => return Err(mismatch()),
+        };
+        e.check_finite()?;
+        Ok((e, found))
     }
 
     /// [`extremes`](Engine::extremes) (per tensor) and [`abs_histogram`](Engine::abs_histogram)

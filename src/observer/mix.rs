@@ -66,11 +66,10 @@ impl Observer for MixObserver {
             return Ok(());
         }
         let x = self.core.engine.load(x)?;
-        let e = self.core.extremes(&x, None)?;
+        let targets: Vec<f32> = MIX_FRACTIONS.iter().map(|&f| fraction_target(f, x.len())).collect();
+        let (e, mut bins) = self.core.engine.extremes_and_percentile_bins(&x, MIX_BINS, &targets)?;
         let (mn, mx) = (e.min[0], e.max[0]);
         let range = e.abs_max(0);
-        let targets: Vec<f32> = MIX_FRACTIONS.iter().map(|&f| fraction_target(f, x.len())).collect();
-        let mut bins = self.core.engine.percentile_bins(&x, MIX_BINS, range, &targets)?;
         bins.sort_unstable();
         bins.dedup();
         let ranges: Vec<(f32, f32)> =

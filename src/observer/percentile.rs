@@ -2,7 +2,7 @@
 //! histogram every batch.
 
 use crate::config::PercentileConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
@@ -68,11 +68,14 @@ impl Observer for PercentileObserver {
             return Ok(());
         }
         let x = self.core.engine.load(x)?;
-        let e = self.core.extremes(&x, None)?;
+        let target = percentile_target(self.percentile, x.len());
+        let (e, found) = self.core.engine.extremes_and_percentile_bins(&x, self.bins, &[target])?;
         let (mn, mx) = (e.min[0], e.max[0]);
         let range = e.abs_max(0);
-        let target = percentile_target(self.percentile, x.len());
-        let i = self.core.engine.percentile_bin(&x, self.bins, range, target)?;
+        let i = match found.as_slice() {
+            [i] => *i,
+            _ => return Err(Error::Device(format!("internal error in qcalib: {} bins for one target", found.len()))),
+        };
         let (lo, hi) = clip_range(mn, mx, bin_centre(i, range, self.bins));
         self.core.update(&[lo], &[hi]);
         self.core.batches += 1;

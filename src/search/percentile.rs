@@ -23,6 +23,45 @@ pub fn first_bin_reaching(counts: &[u64], target: f32) -> usize {
     counts.len()
 }
 
+/// Which value decides [`first_bin_reaching`] when the histogram counts all `n` values of the
+/// tensor.
+///
+/// The bin of SPEC §5 never decreases as `|v|` grows, so the cumulative count of bin `i` reaches
+/// an integer `k` exactly when the `k`-th smallest `|v|` falls in a bin `<= i`. The first bin
+/// reaching `target` is therefore the bin of one order statistic of `|x|`: no histogram is
+/// needed, only that value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidingRank {
+    /// `target <= 0`: bin 0 reaches it whatever it holds.
+    FirstBin,
+    /// The bin of the `k`-th smallest `|v|` (1-based, `k <= n`).
+    Rank(u64),
+    /// `target > n`: no bin reaches it ([`first_bin_reaching`] gives the bin count).
+    NoBin,
+}
+
+/// The [`DecidingRank`] of `target` among `n` values.
+///
+/// ```
+/// use qcalib::search::percentile::{DecidingRank, deciding_rank};
+/// assert_eq!(deciding_rank(0.0, 10), DecidingRank::FirstBin);
+/// assert_eq!(deciding_rank(5.0, 10), DecidingRank::Rank(5));
+/// assert_eq!(deciding_rank(5.5, 10), DecidingRank::Rank(6));
+/// assert_eq!(deciding_rank(10.5, 10), DecidingRank::NoBin);
+/// ```
+pub fn deciding_rank(target: f32, n: u64) -> DecidingRank {
+    // The same comparison as `first_bin_reaching`: an integer count `c` reaches `target` when
+    // `c as f64 >= target as f64`, that is when `c >= ceil(target)`.
+    let target = target as f64;
+    if target.is_nan() || target > n as f64 {
+        return DecidingRank::NoBin;
+    }
+    if target <= 0.0 {
+        return DecidingRank::FirstBin;
+    }
+    DecidingRank::Rank(target.ceil() as u64)
+}
+
 /// The target count of the PercentileObserver: `f32(percentile / 100 * numel)`, the product in
 /// f64.
 pub fn percentile_target(percentile: f64, numel: usize) -> f32 {

@@ -1,0 +1,341 @@
+//! Percentile bins by selection: the extremes and the bins of percentile targets from **one**
+//! pass over the data, where a histogram needs two (the range `max |x|` is known only after a
+//! first pass) and costs a scattered counter update per value.
+//!
+//! The first bin whose cumulative count reaches a target is the bin of one order statistic of
+//! `|x|` ([`DecidingRank`]). So:
+//!
+//! 1. A sample of the tensor (runs of [`RUN`] values spread over it) gives a bracket
+//!    `[lo, hi]` of `|x|` that very probably holds the wanted order statistics.
+//! 2. One pass computes the extremes, counts the values below `lo` and collects those inside
+//!    the bracket (a small fraction of the tensor, capped).
+//! 3. When every wanted rank falls among the collected values, a selection finds each value and
+//!    its bin follows from the exact bin rule of SPEC §5, with the range from the extremes. The
+//!    answer is exactly the histogram's. Otherwise (an unrepresentative sample), the caller falls
+//!    back to the histogram.
+//!
+//! Values are compared through the bits of `|v|`, which order finite floats as their values.
+
+use ndarray::ArrayViewD;
+
+use super::fused::Both;
+use super::histogram::bin_of;
+use super::min_max::{ExtremesPart, ExtremesReducer};
+use super::simd::{LANES, multiversion};
+use super::walk::{Reducer, reduce};
+use crate::search::percentile::{DecidingRank, deciding_rank};
+use crate::tensor::{Element, HostLayout};
+
+/// Consecutive values in one run of the sample.
+const RUN: usize = 64;
+/// Runs in the sample.
+const RUNS: usize = 1024;
+/// Tensors smaller than this use the histogram: the sample would be most of the tensor.
+pub(crate) const MIN_ELEMENTS: usize = 1 << 17;
+/// The sample standard deviations the bracket adds on each side of a rank.
+const SPREAD: f64 = 6.0;
+/// Sample positions added on each side of a rank on top of [`SPREAD`] (runs are not independent
+/// values).
+const SLACK: f64 = 32.0;
+/// The most a bracket may expect to hold, as a fraction of the tensor (a larger one, for a
+/// percentile near the middle, is not worth collecting: the histogram is used).
+const MAX_EXPECTED_FRACTION: f64 = 1.0 / 64.0;
+
+/// The extremes of the tensor and, when the selection succeeded, the bins of `targets`
+/// (see [`first_bin_reaching`](crate::search::percentile::first_bin_reaching)) in a histogram of
+/// `bins` bins on `[0, max |x|]`. `None` for the bins when the caller must count a histogram:
+/// the tensor is small or not contiguous, it holds NaN or infinity, the range is so large that
+/// `max |x| * bins` overflows, or the sample missed.
+pub(crate) fn extremes_and_percentile_bins<T: Element>(
+    view: &ArrayViewD<'_, T>,
+    bins: usize,
+    targets: &[f32],
+) -> (ExtremesPart, Option<Vec<usize>>) {
+    let layout = HostLayout::new(view, None);
+    let n = view.len();
+    let ranks: Vec<DecidingRank> = targets.iter().map(|&t| deciding_rank(t, n as u64)).collect();
+    let wanted: Vec<u64> =
+        ranks.iter().filter_map(|r| if let DecidingRank::Rank(k) = *r { Some(k) } else { None }).collect();
+    let bracket = match &layout {
+        HostLayout::Dense { data, .. } if n >= MIN_ELEMENTS && !wanted.is_empty() => bracket_from_sample(data, &wanted),
+        _ => None,
+    };
+    let Some(bracket) = bracket else {
+        return (reduce(layout, &ExtremesReducer), None);
+    };
+    let (e, found) = reduce(layout, &Both(ExtremesReducer, bracket));
+    let bins = bins_of_ranks(&e, found, bins, &ranks);
+    (e, bins)
+}
+
+/// The bin of every rank, from the values `found` collected; `None` when one is missing.
+fn bins_of_ranks(e: &ExtremesPart, mut found: Found, bins: usize, ranks: &[DecidingRank]) -> Option<Vec<usize>> {
+    let (&[lo], &[hi]) = (e.min.as_slice(), e.max.as_slice()) else {
+        return None;
+    };
+    if e.non_finite > 0 || bins == 0 || found.overflowed {
+        return None;
+    }
+    let range = if -lo > hi { -lo } else { hi };
+    let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
+    if !(range * bins_f).is_finite() {
+        return None; // where `|v| * bins` overflows, the bin rule is not monotone
+    }
+    ranks
+        .iter()
+        .map(|rank| match *rank {
+            DecidingRank::FirstBin => Some(0),
+            DecidingRank::NoBin => Some(bins),
+            DecidingRank::Rank(k) => {
+                let j = k.checked_sub(found.below + 1)? as usize;
+                if j >= found.inside.len() {
+                    return None;
+                }
+                let (_, &mut bits, _) = found.inside.select_nth_unstable(j);
+                let v = f32::from_bits(bits);
+                Some(if range > 0.0 { bin_of(v, bins_f, top, range, nb) as usize } else { 0 })
+            }
+        })
+        .collect()
+}
+
+/// The bits of `|v|`: for finite values, ordered as the values.
+#[inline(always)]
+fn abs_bits(v: f32) -> u32 {
+    v.to_bits() & 0x7fff_ffff
+}
+
+/// A bracket `[lo, hi]` of `|x|` bits around the ranks `wanted` (1-based, among `data.len()`),
+/// from a sample of `data`; `None` when it would be too wide to be worth collecting.
+fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket> {
+    let n = data.len();
+    let mut sample = Vec::with_capacity(RUN * RUNS);
+    // Run r starts in the r-th slice of the tensor, at an offset that varies from run to run, so
+    // that a period in the data (a channel, a row) does not line up with the runs.
+    let slice = n / RUNS;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for r in 0..RUNS {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let room = slice.saturating_sub(RUN).max(1);
+        let start = (r * slice + (state >> 33) as usize % room).min(n - RUN);
+        sample.extend(data[start..start + RUN].iter().map(|v| abs_bits(v.to_f32())));
+    }
+    sample.sort_unstable();
+    let m = sample.len() as f64;
+    let position = |k: u64, side: f64| {
+        let q = k as f64 / n as f64;
+        q * m + side * (SPREAD * (m * q * (1.0 - q)).sqrt() + SLACK)
+    };
+    let first = wanted.iter().map(|&k| position(k, -1.0)).fold(f64::INFINITY, f64::min);
+    let last = wanted.iter().map(|&k| position(k, 1.0)).fold(f64::NEG_INFINITY, f64::max);
+    if (last - first) / m > MAX_EXPECTED_FRACTION {
+        return None;
+    }
+    let lo = if first < 0.0 { 0 } else { sample[first as usize] };
+    let hi = if last >= m - 1.0 { u32::MAX } else { sample[last.ceil() as usize] };
+    // Each piece may collect its share of twice the expected count, plus some room.
+    let cap_fraction = 2.0 * (last - first) / m;
+    Some(Bracket { lo, hi, cap_fraction })
+}
+
+/// Counts the values of `|x|` below `lo` and collects those in `[lo, hi]` (as bits), up to a
+/// cap per piece.
+struct Bracket {
+    lo: u32,
+    hi: u32,
+    cap_fraction: f64,
+}
+
+/// What a piece of the tensor found.
+pub(crate) struct Found {
+    below: u64,
+    inside: Vec<u32>,
+    /// Values scanned (the cap on `inside` grows with them).
+    seen: u64,
+    /// A piece collected more than its cap: the values inside are incomplete.
+    overflowed: bool,
+}
+
+/// Values scanned at a time: when one of them is inside the bracket, the span is scanned
+/// again to collect it.
+const SPAN: usize = 256;
+
+multiversion! {
+    /// Adds to `found` the values of `x` below `lo` (counted) and in `[lo, hi]` (collected, while
+    /// there is room under `cap`).
+    fn scan(x: &[f32], lo: u32, hi: u32, cap: usize, found: &mut Found) {
+        let width = hi.wrapping_sub(lo);
+        for span in x.chunks(SPAN) {
+            // Two plain reductions, which vectorise well (lane arrays here end up on the stack).
+            let below = span.iter().map(|&v| (abs_bits(v) < lo) as u32).sum::<u32>();
+            let hits = span.iter().fold(0u32, |a, &v| a | (abs_bits(v).wrapping_sub(lo) <= width) as u32);
+            found.below += below as u64;
+            if hits != 0 {
+                collect(span, lo, hi, cap, found);
+            }
+        }
+    }
+}
+
+/// Collects the values of `x` inside `[lo, hi]`, skipping runs of [`LANES`] values with none.
+#[inline(always)]
+fn collect(x: &[f32], lo: u32, hi: u32, cap: usize, found: &mut Found) {
+    let width = hi.wrapping_sub(lo);
+    for ch in x.chunks(LANES) {
+        if ch.iter().fold(0u32, |a, &v| a | (abs_bits(v).wrapping_sub(lo) <= width) as u32) == 0 {
+            continue;
+        }
+        for &v in ch {
+            let b = abs_bits(v);
+            if b.wrapping_sub(lo) <= width {
+                if found.inside.len() < cap {
+                    found.inside.push(b);
+                } else {
+                    found.overflowed = true;
+                }
+            }
+        }
+    }
+}
+
+impl Reducer for Bracket {
+    type Part = Found;
+
+    fn part(&self, _first: usize, _count: usize) -> Found {
+        Found { below: 0, inside: Vec::new(), seen: 0, overflowed: false }
+    }
+
+    fn part_bytes(&self, _count: usize) -> usize {
+        64
+    }
+
+    fn run(&self, part: &mut Found, _c: usize, x: &[f32]) {
+        // The cap grows with the values seen, so a piece of any size gets its share.
+        part.seen += x.len() as u64;
+        let cap = (self.cap_fraction * part.seen as f64) as usize + 4096;
+        scan(x, self.lo, self.hi, cap, part);
+    }
+
+    fn rows(&self, part: &mut Found, rows: &[f32], _channels: usize) {
+        self.run(part, 0, rows);
+    }
+
+    fn merge(&self, part: &mut Found, other: Found) {
+        part.below += other.below;
+        part.seen += other.seen;
+        part.overflowed |= other.overflowed;
+        part.inside.extend(other.inside);
+    }
+
+    fn concat(&self, parts: Vec<Found>) -> Found {
+        let mut out = self.part(0, 0);
+        for p in parts {
+            self.merge(&mut out, p);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+
+    use super::*;
+    use crate::engine::cpu::{self, abs_histogram};
+    use crate::search::percentile::{first_bin_reaching, fraction_target, percentile_target};
+    use crate::synthetic::{Distribution, generate};
+    use crate::tensor::TensorView;
+
+    /// The bins of `targets` from the histogram, the way SPEC states it.
+    fn by_histogram(x: &ArrayD<f32>, bins: usize, targets: &[f32]) -> Vec<usize> {
+        let range = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let hist = abs_histogram(&TensorView::F32(x.view()), bins, range);
+        targets.iter().map(|&t| first_bin_reaching(&hist, t)).collect()
+    }
+
+    fn targets(n: usize) -> Vec<Vec<f32>> {
+        let mix = [0.999, 0.9995, 0.9999, 0.99993, 0.99995, 0.99997, 0.99999, 0.999995, 0.999999];
+        vec![
+            vec![percentile_target(99.99, n)],
+            vec![percentile_target(99.0, n)],
+            vec![percentile_target(100.0, n)],
+            vec![percentile_target(0.0, n)],
+            vec![percentile_target(50.0, n)],
+            mix.iter().map(|&f| fraction_target(f, n)).collect(),
+        ]
+    }
+
+    fn tensors(n: usize) -> Vec<(&'static str, ArrayD<f32>)> {
+        let shape = IxDyn(&[n]);
+        let mut out = vec![];
+        for dist in [Distribution::LaplaceOutliers, Distribution::Gaussian, Distribution::Relu] {
+            out.push((dist.name(), generate(dist, &[n], 7)));
+        }
+        out.push(("ascending", ArrayD::from_shape_fn(shape.clone(), |i| i[0] as f32)));
+        out.push(("descending", ArrayD::from_shape_fn(shape.clone(), |i| -((n - i[0]) as f32))));
+        out.push(("constant", ArrayD::from_elem(shape.clone(), 0.75)));
+        out.push(("zeros", ArrayD::from_elem(shape.clone(), 0.0)));
+        // Large values only where the sample's runs are unlikely to be: the selection must notice.
+        out.push((
+            "sparse spikes",
+            ArrayD::from_shape_fn(shape.clone(), |i| if i[0] % 4099 == 4000 { 1e3 } else { 0.5 }),
+        ));
+        out.push(("two levels", ArrayD::from_shape_fn(shape, |i| if (i[0] / 1000) % 2 == 0 { 1.0 } else { 3.0 })));
+        out
+    }
+
+    #[test]
+    fn agrees_with_the_histogram() {
+        for n in [MIN_ELEMENTS, (1 << 20) + 3] {
+            for (name, x) in tensors(n) {
+                for t in targets(n) {
+                    for bins in [2048, 7] {
+                        let expected = by_histogram(&x, bins, &t);
+                        let (e, found) = extremes_and_percentile_bins(&x.view(), bins, &t);
+                        assert_eq!(e.non_finite, 0);
+                        if let Some(found) = found {
+                            assert_eq!(found, expected, "{name}, n {n}, bins {bins}, targets {t:?}");
+                        }
+                        // With the histogram as the fall-back where the selection gave up.
+                        let (_, found) = cpu::extremes_and_percentile_bins(&TensorView::F32(x.view()), bins, &t);
+                        assert_eq!(found, expected, "{name}, n {n}, bins {bins}, targets {t:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn activations_need_one_pass() {
+        let n = 1 << 20;
+        for dist in [Distribution::LaplaceOutliers, Distribution::Gaussian, Distribution::Relu] {
+            let x = generate(dist, &[n], 11);
+            for t in [vec![percentile_target(99.99, n)], targets(n)[5].clone()] {
+                let (_, found) = extremes_and_percentile_bins(&x.view(), 2048, &t);
+                assert_eq!(found, Some(by_histogram(&x, 2048, &t)), "{}", dist.name());
+            }
+        }
+    }
+
+    #[test]
+    fn f16_agrees_with_the_histogram() {
+        let n = 1 << 18;
+        let x = generate(Distribution::LaplaceOutliers, &[n], 3);
+        let h = x.mapv(half::f16::from_f32);
+        let widened = h.mapv(|v| v.to_f32());
+        let t = vec![percentile_target(99.99, n)];
+        let (_, found) = extremes_and_percentile_bins(&h.view(), 2048, &t);
+        assert_eq!(found, Some(by_histogram(&widened, 2048, &t)));
+    }
+
+    #[test]
+    fn non_finite_or_small_tensors_fall_back() {
+        let mut x = generate(Distribution::Gaussian, &[1 << 18], 5);
+        x[[100]] = f32::NAN;
+        let t = [percentile_target(99.99, x.len())];
+        let (e, found) = extremes_and_percentile_bins(&x.view(), 2048, &t);
+        assert_eq!((e.non_finite, found), (1, None));
+        let x = generate(Distribution::Gaussian, &[MIN_ELEMENTS - 1], 5);
+        assert_eq!(extremes_and_percentile_bins(&x.view(), 2048, &t).1, None);
+    }
+}
