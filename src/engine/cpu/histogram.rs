@@ -2,7 +2,8 @@
 
 use std::sync::Mutex;
 
-use super::simd::multiversion;
+use super::min_max::{self, Extremes, ExtremesPart, ExtremesReducer};
+use super::simd::{LANES, multiversion, prefetch};
 use super::walk::Reducer;
 
 /// The bin of `|v|` in a histogram of `bins` bins on `[0, hi]` (`hi > 0`), or `bins` when `|v|`
@@ -29,6 +30,11 @@ pub(crate) fn bin_of(v: f32, bins_f: f32, top: f32, hi: f32, bins: u32) -> u32 {
 /// Values whose bins are computed at a time, before the counts are bumped.
 const BLOCK: usize = 256;
 
+/// How far ahead of the block being counted the data is prefetched, in values. The counting
+/// phase of a block is slow and touches no new data, so the hardware prefetchers fall behind
+/// the stream; asking for the data a few blocks ahead hides the memory latency.
+const PREFETCH_AHEAD: usize = 8 * BLOCK;
+
 /// Interleaved sub-histograms: consecutive values bump different copies, so runs of values in
 /// the same bin (the common case: activations crowd a few bins) do not wait on each other.
 pub(crate) const COPIES: usize = 8;
@@ -39,25 +45,71 @@ fn copy_stride(bins: usize) -> usize {
     (bins + 1).div_ceil(1024) * 1024 + 128
 }
 
-multiversion! {
-    /// Adds the histogram of `|x|` on `[0, hi]` into [`COPIES`] interleaved sub-histograms of
-    /// [`copy_stride`] counters each (counter `bins` takes the values outside the range).
-    fn accumulate(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) {
-        let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
-        // Value i of a block goes to copy i % COPIES. The bins are computed for a whole block in
-        // one vectorised loop, and counted in a second, scalar one (fusing them would scalarise
-        // the first).
-        let stride = copy_stride(bins);
-        let offset: [u32; BLOCK] = std::array::from_fn(|i| ((i % COPIES) * stride) as u32);
-        let mut idx = [0u32; BLOCK];
-        for block in x.chunks(BLOCK) {
-            for ((slot, &v), &off) in idx.iter_mut().zip(block).zip(&offset) {
-                *slot = bin_of(v, bins_f, top, hi, nb) + off;
+/// Adds the histogram of `|x|` on `[0, hi]` into [`COPIES`] interleaved sub-histograms of
+/// [`copy_stride`] counters each (counter `bins` takes the values outside the range); with
+/// `EXTREMES`, also returns the extremes of `x`, found in the same loop. `x` holds at most
+/// [`SCRATCH_LIMIT`] values, so no lane counter overflows.
+///
+/// Value i of a block goes to copy i % COPIES. The bins of a whole block are computed in one
+/// vectorised loop (with the extremes), and counted in a second, scalar one: fusing them would
+/// scalarise the first.
+#[inline(always)]
+fn count<const EXTREMES: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) -> Extremes {
+    let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
+    let stride = copy_stride(bins);
+    let offset: [u32; BLOCK] = std::array::from_fn(|i| ((i % COPIES) * stride) as u32);
+    let mut idx = [0u32; BLOCK];
+    let mut lo = [f32::INFINITY; LANES];
+    let mut up = [f32::NEG_INFINITY; LANES];
+    let mut nf = [0u32; LANES];
+    let mut extremes = Extremes::EMPTY;
+    for (i, block) in x.chunks(BLOCK).enumerate() {
+        if let Some(ahead) = x.get(i * BLOCK + PREFETCH_AHEAD..) {
+            prefetch(&ahead[..ahead.len().min(BLOCK)]);
+        }
+        if block.len() < BLOCK {
+            for (j, &v) in block.iter().enumerate() {
+                sub[bin_of(v, bins_f, top, hi, nb) as usize + offset[j] as usize] += 1;
             }
-            for &j in &idx[..block.len()] {
-                sub[j as usize] += 1;
+            if EXTREMES {
+                extremes = extremes.join(min_max::extremes(block));
+            }
+            break;
+        }
+        let lanes = block.chunks_exact(LANES).zip(idx.chunks_exact_mut(LANES)).zip(offset.chunks_exact(LANES));
+        for ((v, slot), off) in lanes {
+            for j in 0..LANES {
+                if EXTREMES {
+                    lo[j] = min_max::min(lo[j], v[j]);
+                    up[j] = min_max::max(up[j], v[j]);
+                    nf[j] += min_max::non_finite(v[j]);
+                }
+                slot[j] = bin_of(v[j], bins_f, top, hi, nb) + off[j];
             }
         }
+        for &j in &idx {
+            sub[j as usize] += 1;
+        }
+    }
+    if EXTREMES {
+        for j in 0..LANES {
+            extremes = extremes.join(Extremes { min: lo[j], max: up[j], non_finite: nf[j] as u64 });
+        }
+    }
+    extremes
+}
+
+multiversion! {
+    /// [`count`] without the extremes.
+    fn accumulate(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) {
+        count::<false>(x, hi, bins, sub);
+    }
+}
+
+multiversion! {
+    /// [`count`] with the extremes.
+    fn accumulate_with_extremes(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) -> Extremes {
+        count::<true>(x, hi, bins, sub)
     }
 }
 
@@ -140,6 +192,24 @@ impl Drop for HistogramPart {
     }
 }
 
+impl HistogramReducer {
+    /// Runs `count` on pieces of `x` (values of channel `c`) with the u32 scratch of `part`
+    /// ready for them, flushing it to the u64 counts before it could overflow.
+    fn count_into(&self, part: &mut HistogramPart, c: usize, x: &[f32], mut count: impl FnMut(&[f32], &mut [u32])) {
+        for piece in x.chunks(SCRATCH_LIMIT as usize) {
+            if part.scratch_channel != Some(c) || part.scratch_values + piece.len() as u64 > SCRATCH_LIMIT {
+                part.flush();
+                if part.scratch.is_empty() {
+                    part.scratch = take_scratch(COPIES * copy_stride(self.bins));
+                }
+                part.scratch_channel = Some(c);
+            }
+            count(piece, &mut part.scratch);
+            part.scratch_values += piece.len() as u64;
+        }
+    }
+}
+
 impl Reducer for HistogramReducer {
     type Part = HistogramPart;
 
@@ -159,25 +229,12 @@ impl Reducer for HistogramReducer {
     }
 
     fn run(&self, part: &mut HistogramPart, c: usize, x: &[f32]) {
-        if x.is_empty() {
-            return;
-        }
         if self.hi <= 0.0 {
             // hi == lo == 0: an all-zero range; zeros count in bin 0, anything else is outside.
             part.counts[(c - part.first) * self.bins] += x.iter().filter(|v| **v == 0.0).count() as u64;
             return;
         }
-        for piece in x.chunks(SCRATCH_LIMIT as usize) {
-            if part.scratch_channel != Some(c) || part.scratch_values + piece.len() as u64 > SCRATCH_LIMIT {
-                part.flush();
-                if part.scratch.is_empty() {
-                    part.scratch = take_scratch(COPIES * copy_stride(self.bins));
-                }
-                part.scratch_channel = Some(c);
-            }
-            accumulate(piece, self.hi, self.bins, &mut part.scratch);
-            part.scratch_values += piece.len() as u64;
-        }
+        self.count_into(part, c, x, |piece, scratch| accumulate(piece, self.hi, self.bins, scratch));
     }
 
     fn rows(&self, part: &mut HistogramPart, rows: &[f32], channels: usize) {
@@ -214,6 +271,50 @@ impl Reducer for HistogramReducer {
             out.counts.extend(p.into_counts());
         }
         out
+    }
+}
+
+/// The extremes (min, max, non-finite count) and the histogram of `|x|` on `[0, hi]`, from one
+/// loop over the data: for a histogram whose range is known before the batch.
+pub(crate) struct ExtremesAndHistogram(pub HistogramReducer);
+
+impl Reducer for ExtremesAndHistogram {
+    type Part = (ExtremesPart, HistogramPart);
+
+    fn part(&self, first: usize, count: usize) -> Self::Part {
+        (ExtremesReducer.part(first, count), self.0.part(first, count))
+    }
+
+    fn part_bytes(&self, count: usize) -> usize {
+        ExtremesReducer.part_bytes(count) + self.0.part_bytes(count)
+    }
+
+    fn run(&self, part: &mut Self::Part, c: usize, x: &[f32]) {
+        let (extremes, histogram) = part;
+        if self.0.hi <= 0.0 {
+            ExtremesReducer.run(extremes, c, x);
+            self.0.run(histogram, c, x);
+            return;
+        }
+        let (hi, bins) = (self.0.hi, self.0.bins);
+        self.0.count_into(histogram, c, x, |piece, scratch| {
+            extremes.add(c, accumulate_with_extremes(piece, hi, bins, scratch));
+        });
+    }
+
+    fn rows(&self, part: &mut Self::Part, rows: &[f32], channels: usize) {
+        ExtremesReducer.rows(&mut part.0, rows, channels);
+        self.0.rows(&mut part.1, rows, channels);
+    }
+
+    fn merge(&self, part: &mut Self::Part, other: Self::Part) {
+        ExtremesReducer.merge(&mut part.0, other.0);
+        self.0.merge(&mut part.1, other.1);
+    }
+
+    fn concat(&self, parts: Vec<Self::Part>) -> Self::Part {
+        let (a, b): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+        (ExtremesReducer.concat(a), self.0.concat(b))
     }
 }
 
@@ -260,5 +361,30 @@ mod tests {
         let mut p = r.part(0, 1);
         r.run(&mut p, 0, &[0.0, -0.0, 0.0]);
         assert_eq!(p.into_counts(), vec![3, 0, 0, 0]);
+    }
+
+    #[test]
+    fn extremes_and_histogram_in_one_loop_equal_the_two_reducers() {
+        for n in [0usize, 1, 255, 256, 257, 4096 + 17, 100_003] {
+            let mut x: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin() * 3.0 - 0.5).collect();
+            if n > 300 {
+                x[3] = f32::NAN;
+                x[290] = f32::INFINITY;
+                x[n - 1] = 7.5; // outside the range
+            }
+            for (bins, hi) in [(2048, 3.0), (7, 2.5), (4, 0.0)] {
+                let h = HistogramReducer { bins, hi };
+                let both = ExtremesAndHistogram(HistogramReducer { bins, hi });
+                let mut p = both.part(0, 1);
+                both.run(&mut p, 0, &x);
+                let mut e = ExtremesReducer.part(0, 1);
+                ExtremesReducer.run(&mut e, 0, &x);
+                let mut c = h.part(0, 1);
+                h.run(&mut c, 0, &x);
+                let (pe, ph) = p;
+                assert_eq!((pe.min, pe.max, pe.non_finite), (e.min, e.max, e.non_finite), "n {n} bins {bins}");
+                assert_eq!(ph.into_counts(), c.into_counts(), "n {n} bins {bins}");
+            }
+        }
     }
 }

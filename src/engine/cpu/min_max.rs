@@ -16,23 +16,26 @@ pub(crate) struct Extremes {
 impl Extremes {
     pub(crate) const EMPTY: Extremes = Extremes { min: f32::INFINITY, max: f32::NEG_INFINITY, non_finite: 0 };
 
-    fn join(self, o: Extremes) -> Extremes {
+    pub(crate) fn join(self, o: Extremes) -> Extremes {
         Extremes { min: min(self.min, o.min), max: max(self.max, o.max), non_finite: self.non_finite + o.non_finite }
     }
 }
 
+/// The smaller of `a` and `b`, `a` when `b` is NaN.
 #[inline(always)]
-fn min(a: f32, b: f32) -> f32 {
+pub(crate) fn min(a: f32, b: f32) -> f32 {
     if b < a { b } else { a }
 }
 
+/// The larger of `a` and `b`, `a` when `b` is NaN.
 #[inline(always)]
-fn max(a: f32, b: f32) -> f32 {
+pub(crate) fn max(a: f32, b: f32) -> f32 {
     if b > a { b } else { a }
 }
 
+/// 1 for NaN and infinities, else 0.
 #[inline(always)]
-fn non_finite(v: f32) -> u32 {
+pub(crate) fn non_finite(v: f32) -> u32 {
     ((v.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
 }
 
@@ -115,6 +118,16 @@ pub(crate) struct ExtremesPart {
     pub non_finite: u64,
 }
 
+impl ExtremesPart {
+    /// Joins the extremes `e` of values of channel `c` in.
+    pub(crate) fn add(&mut self, c: usize, e: Extremes) {
+        let i = c - self.first;
+        self.min[i] = min(self.min[i], e.min);
+        self.max[i] = max(self.max[i], e.max);
+        self.non_finite += e.non_finite;
+    }
+}
+
 /// The [`Reducer`] for [`extremes`].
 pub(crate) struct ExtremesReducer;
 
@@ -130,11 +143,7 @@ impl Reducer for ExtremesReducer {
     }
 
     fn run(&self, part: &mut ExtremesPart, c: usize, x: &[f32]) {
-        let e = extremes(x);
-        let i = c - part.first;
-        part.min[i] = min(part.min[i], e.min);
-        part.max[i] = max(part.max[i], e.max);
-        part.non_finite += e.non_finite;
+        part.add(c, extremes(x));
     }
 
     fn rows(&self, part: &mut ExtremesPart, rows: &[f32], _channels: usize) {

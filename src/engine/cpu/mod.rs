@@ -14,8 +14,7 @@ use crate::search::percentile::first_bin_reaching;
 use crate::tensor::{HostLayout, TensorView, with_view};
 
 use fake_quant::FakeQuantReducer;
-use fused::Both;
-use histogram::HistogramReducer;
+use histogram::{ExtremesAndHistogram, HistogramReducer};
 use min_max::ExtremesReducer;
 use walk::reduce;
 
@@ -33,7 +32,7 @@ pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64
 
 /// The extremes and the histogram of `|x|` on `[0, hi]` in one pass over the tensor.
 pub(crate) fn extremes_and_abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> (Extremes, Vec<u64>) {
-    let r = Both(ExtremesReducer, HistogramReducer { bins, hi });
+    let r = ExtremesAndHistogram(HistogramReducer { bins, hi });
     let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, None), &r));
     (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
 }

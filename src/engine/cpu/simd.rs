@@ -41,3 +41,18 @@ pub(crate) use multiversion;
 
 /// Lanes of the fixed-size accumulator arrays (one AVX-512 register of f32).
 pub(crate) const LANES: usize = 16;
+
+/// Asks the CPU to bring `data` into its caches ahead of use (a hint: never faults, never
+/// changes a result). For loops that interleave a streaming read with a slow phase of their own,
+/// which the hardware prefetchers do not run far enough ahead of.
+#[inline(always)]
+pub(crate) fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: a prefetch reads nothing architecturally and cannot fault; the address is
+        // inside `data`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
