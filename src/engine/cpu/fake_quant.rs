@@ -104,9 +104,16 @@ multiversion! {
     }
 }
 
-/// Whether the reciprocal kernels apply: hardware FMA, and an integer range within ±2^22.
-fn use_reciprocal(qmin: f32, qmax: f32) -> bool {
+/// The scales for which the reciprocal kernels are exact: neither `1 / s` nor the products and
+/// remainders of the correction leave the normal range of f32 (a subnormal scale has an infinite
+/// reciprocal). Calibration scales are far inside it (they are at least `f32::EPSILON`).
+const RECIPROCAL_SCALES: std::ops::RangeInclusive<f32> = 7.888_609e-31..=1.267_650_6e30; // 2^-100 ..= 2^100
+
+/// Whether the reciprocal kernels apply: hardware FMA, an integer range within ±2^22, and every
+/// scale in [`RECIPROCAL_SCALES`].
+fn use_reciprocal(scales: &[f32], qmin: f32, qmax: f32) -> bool {
     let small = qmin.abs() <= RECIPROCAL_RANGE_LIMIT && qmax.abs() <= RECIPROCAL_RANGE_LIMIT;
+    let small = small && scales.iter().all(|s| RECIPROCAL_SCALES.contains(s));
     #[cfg(target_arch = "x86_64")]
     let fma = std::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
@@ -133,7 +140,7 @@ pub(crate) struct FakeQuantReducer<'s> {
 impl<'s> FakeQuantReducer<'s> {
     /// The reducer for `scales` (`[k][channels]`, every scale > 0) and the integer range.
     pub(crate) fn new(scales: &'s [f32], k: usize, channels: usize, qmin: f32, qmax: f32) -> Self {
-        let inverses = use_reciprocal(qmin, qmax).then(|| scales.iter().map(|s| 1.0 / s).collect());
+        let inverses = use_reciprocal(scales, qmin, qmax).then(|| scales.iter().map(|s| 1.0 / s).collect());
         FakeQuantReducer { scales, inverses, k, channels, qmin, qmax }
     }
 
@@ -262,5 +269,19 @@ mod tests {
                 fake_quant(x, f32::EPSILON, -8.0, 7.0)
             );
         }
+    }
+
+    #[test]
+    fn scales_outside_the_normal_range_use_the_division() {
+        let x = [0.0f32, 1e-39, -3e-39, 0.5, -2.0, 1e30];
+        for s in [1e-39f32, 1e-45, 3e35] {
+            let r = FakeQuantReducer::new(std::slice::from_ref(&s), 1, 1, -128.0, 127.0);
+            assert!(r.inverses.is_none(), "s {s}");
+            let mut part = r.part(0, 1);
+            r.run(&mut part, 0, &x);
+            let want: f64 = x.iter().map(|&v| fake_quant_sq_err(v, s, -128.0, 127.0)).sum();
+            assert_eq!(part.err[0], want, "s {s}");
+        }
+        assert!(RECIPROCAL_SCALES.contains(&2f32.powi(-100)) && RECIPROCAL_SCALES.contains(&2f32.powi(100)));
     }
 }
