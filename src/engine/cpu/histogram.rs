@@ -57,6 +57,9 @@ fn copy_stride(bins: usize) -> usize {
 fn count<const EXTREMES: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) -> Extremes {
     let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
     let stride = copy_stride(bins);
+    // Every index counted below is a bin (at most `bins`) plus a copy's offset (at most
+    // `(COPIES - 1) * stride`), so below `COPIES * stride`, as `sub` is long.
+    let sub = &mut sub[..COPIES * stride];
     let offset: [u32; BLOCK] = std::array::from_fn(|i| ((i % COPIES) * stride) as u32);
     let mut idx = [0u32; BLOCK];
     let mut lo = [f32::INFINITY; LANES];
@@ -84,11 +87,15 @@ fn count<const EXTREMES: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32])
                     up[j] = min_max::max(up[j], v[j]);
                     nf[j] += min_max::non_finite(v[j]);
                 }
-                slot[j] = bin_of(v[j], bins_f, top, hi, nb) + off[j];
+                // `min` makes the bound below structural (`bin_of` never exceeds `bins`).
+                slot[j] = bin_of(v[j], bins_f, top, hi, nb).min(nb) + off[j];
             }
         }
         for &j in &idx {
-            sub[j as usize] += 1;
+            debug_assert!((j as usize) < sub.len());
+            // SAFETY: `j < COPIES * stride == sub.len()` (see above). The bounds check this
+            // skips costs a tenth of the whole histogram.
+            unsafe { *sub.get_unchecked_mut(j as usize) += 1 };
         }
     }
     if EXTREMES {
