@@ -188,6 +188,36 @@ QCALIB_DEVICE u32 f2ord(float f) {
 QCALIB_DEVICE u32 is_non_finite(float v) { return (__float_as_uint(v) & 0x7f800000u) == 0x7f800000u; }
 
 // ---------------------------------------------------------------------------------------------
+// Extremes (min, max, non-finite count) of the values a thread sees, committed with atomics to
+// `out` = [~f2ord(min) per channel (C words), f2ord(max) per channel (C words), u64 count]
+// (zero-initialised; the layout of kernels/extremes.cu).
+
+struct ExtremesAcc {
+    float lo, hi;
+    u64 non_finite;
+    QCALIB_DEVICE void operator()(float v) {
+        non_finite += is_non_finite(v);
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+    }
+};
+
+QCALIB_DEVICE ExtremesAcc extremes_empty() {
+    ExtremesAcc a;
+    a.lo = __uint_as_float(0x7f800000u);   // +inf
+    a.hi = __uint_as_float(0xff800000u);   // -inf
+    a.non_finite = 0;
+    return a;
+}
+
+QCALIB_DEVICE void extremes_commit(const ExtremesAcc& a, u64 c, u64 C, u32* __restrict__ out) {
+    // An empty accumulator (+inf, -inf) changes nothing: both map below every value stored.
+    atomicMax(&out[c], ~f2ord(a.lo));
+    atomicMax(&out[C + c], f2ord(a.hi));
+    if (a.non_finite) atomicAdd(reinterpret_cast<u64*>(out + 2 * C), a.non_finite);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Deterministic block reductions (fixed shuffle pattern, warps summed in order by thread 0).
 
 QCALIB_DEVICE double warp_sum(double v) {

@@ -4,33 +4,9 @@
 //   out[c]          = max over channel c of ~f2ord(v)   (the minimum, order-reversed)
 //   out[C + c]      = max over channel c of  f2ord(v)   (the maximum)
 //   out[2C .. 2C+2] = the count of NaN and +-inf values, a u64 (8-byte aligned: the buffer is)
-// NaN is skipped by the comparisons (fminf/fmaxf), as on the CPU; infinities take part.
+// NaN is skipped by the comparisons (fminf/fmaxf), as on the CPU; infinities take part. The
+// accumulator (ExtremesAcc) is in common.cuh: the histogram kernels use it too.
 #include "common.cuh"
-
-struct ExtremesAcc {
-    float lo, hi;
-    u64 non_finite;
-    QCALIB_DEVICE void operator()(float v) {
-        non_finite += is_non_finite(v);
-        lo = fminf(lo, v);
-        hi = fmaxf(hi, v);
-    }
-};
-
-QCALIB_DEVICE ExtremesAcc extremes_empty() {
-    ExtremesAcc a;
-    a.lo = __uint_as_float(0x7f800000u);   // +inf
-    a.hi = __uint_as_float(0xff800000u);   // -inf
-    a.non_finite = 0;
-    return a;
-}
-
-QCALIB_DEVICE void extremes_commit(const ExtremesAcc& a, u64 c, u64 C, u32* __restrict__ out) {
-    // An empty accumulator (+inf, -inf) changes nothing: both map below every value stored.
-    atomicMax(&out[c], ~f2ord(a.lo));
-    atomicMax(&out[C + c], f2ord(a.hi));
-    if (a.non_finite) atomicAdd(reinterpret_cast<u64*>(out + 2 * C), a.non_finite);
-}
 
 // Channel-major: grid (C, splits); block (c, s) reads piece s of channel c (see
 // for_each_in_channel). Per-tensor is C = 1, outer = 1, inner = numel.

@@ -191,27 +191,50 @@ static std::vector<u64> ref_hist(const Tensor& t, u32 bins, float hi) {
     return h;
 }
 
+// How the histogram is counted: in shared memory, in global memory, or in shared memory with
+// the extremes in the same pass (abs_hist_extremes_shared).
+enum class HistKind { Shared, Global, WithExtremes };
+
 template <typename E>
-static std::vector<u64> run_hist(const Tensor& t, u32 bins, float hi, u32 blocks, bool shared) {
+static std::vector<u64> run_hist(const Tensor& t, u32 bins, float hi, u32 blocks, HistKind kind, std::vector<u32>& ext) {
     std::vector<u64> h(bins, 0);
+    ext.assign(4, 0);
     const auto* x = reinterpret_cast<const typename E::T*>(t.data());
     const double inv_hi = hi > 0.0f ? 1.0 / (double)hi : 0.0;
-    if (shared)
+    if (kind == HistKind::Shared)
         emu::launch({blocks, 1, 1}, BLOCK_THREADS, bins * 4, [&] { abs_hist_shared<E>(x, t.n, bins, hi, inv_hi, h.data()); });
-    else
+    else if (kind == HistKind::Global)
         emu::launch({blocks, 1, 1}, BLOCK_THREADS, 0, [&] { abs_hist_global<E>(x, t.n, bins, hi, inv_hi, h.data()); });
+    else
+        emu::launch({blocks, 1, 1}, BLOCK_THREADS, bins * 4,
+                    [&] { abs_hist_extremes_shared<E>(x, t.n, bins, hi, inv_hi, h.data(), ext.data()); });
     return h;
 }
 
-static void test_hist(Dtype d, const Tensor& t, u32 bins, float hi, u32 blocks, bool shared) {
+static void test_hist(Dtype d, const Tensor& t, u32 bins, float hi, u32 blocks, HistKind kind) {
     std::vector<u64> got;
-    if (d == Dtype::F32) got = run_hist<F32>(t, bins, hi, blocks, shared);
-    if (d == Dtype::F16) got = run_hist<F16>(t, bins, hi, blocks, shared);
-    if (d == Dtype::BF16) got = run_hist<BF16>(t, bins, hi, blocks, shared);
+    std::vector<u32> ext;
+    if (d == Dtype::F32) got = run_hist<F32>(t, bins, hi, blocks, kind, ext);
+    if (d == Dtype::F16) got = run_hist<F16>(t, bins, hi, blocks, kind, ext);
+    if (d == Dtype::BF16) got = run_hist<BF16>(t, bins, hi, blocks, kind, ext);
     const std::vector<u64> want = ref_hist(t, bins, hi);
     for (u32 b = 0; b < bins; ++b)
-        CHECK(got[b] == want[b], "hist %s n=%zu bins=%u hi=%g blocks=%u shared=%d bin %u: got %llu want %llu", name(d), t.n,
-              bins, hi, blocks, shared, b, got[b], want[b]);
+        CHECK(got[b] == want[b], "hist %s n=%zu bins=%u hi=%g blocks=%u kind=%d bin %u: got %llu want %llu", name(d), t.n,
+              bins, hi, blocks, (int)kind, b, got[b], want[b]);
+    if (kind != HistKind::WithExtremes) return;
+    float lo = INFINITY, up = -INFINITY;
+    u64 nf = 0;
+    for (size_t i = 0; i < t.n; ++i) {
+        const float v = t.at(i);
+        if (v < lo) lo = v;
+        if (v > up) up = v;
+        nf += (__float_as_uint(v) & 0x7f800000u) == 0x7f800000u;
+    }
+    u64 got_nf;
+    std::memcpy(&got_nf, &ext[2], 8);
+    const float got_lo = ord_to_float(~ext[0]), got_up = ord_to_float(ext[1]);
+    CHECK(std::memcmp(&got_lo, &lo, 4) == 0 && std::memcmp(&got_up, &up, 4) == 0 && got_nf == nf,
+          "hist extremes %s n=%zu: got (%g, %g, %llu) want (%g, %g, %llu)", name(d), t.n, got_lo, got_up, got_nf, lo, up, nf);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,8 +510,9 @@ int main(int argc, char** argv) {
                 if (std::isfinite(t.at(i))) amax = std::fmax(amax, std::fabs(t.at(i)));
             for (u32 bins : {1u, 7u, 512u, 2048u}) {
                 for (float hi : {amax, amax * 0.5f, 1.0f, 0.0f}) {
-                    test_hist(d, t, bins, hi, 3, true);
-                    test_hist(d, t, bins, hi, 2, false);
+                    test_hist(d, t, bins, hi, 3, HistKind::Shared);
+                    test_hist(d, t, bins, hi, 2, HistKind::Global);
+                    test_hist(d, t, bins, hi, 5, HistKind::WithExtremes);
                 }
             }
         }
@@ -496,7 +520,8 @@ int main(int argc, char** argv) {
         {
             Tensor t = make(Dtype::F32, 4096, 0, ++seed, false);
             for (size_t i = 0; i < t.n; ++i) t.f32[i] = (float)(i % 2049) * (3.0f / 2048.0f) * (i % 2 ? -1.0f : 1.0f);
-            test_hist(Dtype::F32, t, 2048, 3.0f, 4, true);
+            test_hist(Dtype::F32, t, 2048, 3.0f, 4, HistKind::Shared);
+            test_hist(Dtype::F32, t, 2048, 3.0f, 4, HistKind::WithExtremes);
         }
         // Ranges where |v| * bins overflows f32 (f32 only: f16 cannot hold them).
         if (d == Dtype::F32) {
@@ -505,13 +530,15 @@ int main(int argc, char** argv) {
             float amax = 0.0f;
             for (size_t i = 0; i < t.n; ++i) amax = std::fmax(amax, std::fabs(t.at(i)));
             for (u32 bins : {7u, 2048u}) {
-                test_hist(d, t, bins, amax, 3, true);
-                test_hist(d, t, bins, 3.4e38f, 2, false);
+                test_hist(d, t, bins, amax, 3, HistKind::Shared);
+                test_hist(d, t, bins, 3.4e38f, 2, HistKind::Global);
+                test_hist(d, t, bins, amax, 2, HistKind::WithExtremes);
             }
         }
         if (!quick) {
             const Tensor t = make(d, (1u << 20) + 3, 2, ++seed, false, 3.0f);
-            test_hist(d, t, 2048, 9.0f, 16, true);
+            test_hist(d, t, 2048, 9.0f, 16, HistKind::Shared);
+            test_hist(d, t, 2048, 9.0f, 16, HistKind::WithExtremes);
         }
     }
     std::printf("histogram ok\n");

@@ -201,8 +201,7 @@ impl Engine {
         match (self, x) {
             (_, Loaded::Host(x)) => Ok(cpu::extremes_and_abs_histogram(x, bins, hi)),
             (_, Loaded::HostCopy(x)) => Ok(cpu::extremes_and_abs_histogram(&x.view(), bins, hi)),
-            // Two passes over the device copy (each at memory speed; a fused kernel could share one).
-            (Engine::Cuda(g), Loaded::Cuda(x)) => Ok((g.extremes(x, None)?, g.abs_histogram(x, bins, hi)?)),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => g.extremes_and_abs_histogram(x, bins, hi),
             (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
         }
     }

@@ -38,14 +38,17 @@ pub(crate) fn extremes(gpu: &Gpu, x: &DeviceBatch<'_>, layout: ChannelLayout) ->
         let view = buf.view().ok_or_else(|| GpuError::Internal("empty device view".into()))?;
         launch(gpu, stream, &view, dtype, layout, &mut out)?;
     });
-    let words = stream.clone_dtoh(&out)?;
-    let c = c as usize;
+    Ok(decode(&stream.clone_dtoh(&out)?, c as usize))
+}
+
+/// The extremes of `c` channels from the words the kernels leave (see `kernels/extremes.cu`).
+pub(crate) fn decode(words: &[u32], c: usize) -> Extremes {
     let non_finite = u64::from(words[2 * c]) | (u64::from(words[2 * c + 1]) << 32);
-    Ok(Extremes {
+    Extremes {
         min: words[..c].iter().map(|&w| ord_to_f32(!w)).collect(),
         max: words[c..2 * c].iter().map(|&w| ord_to_f32(w)).collect(),
         non_finite,
-    })
+    }
 }
 
 fn launch<T>(

@@ -207,6 +207,21 @@ impl CudaEngine {
         })
     }
 
+    /// The extremes (per tensor) and the histogram of `|x|` on `[0, hi]`: one kernel over the
+    /// data when the bins fit in shared memory and `hi > 0`, else the two kernels.
+    pub(crate) fn extremes_and_abs_histogram(
+        &self,
+        x: &DeviceBatch<'_>,
+        bins: usize,
+        hi: f32,
+    ) -> Result<(Extremes, Vec<u64>)> {
+        let fused = self.run("the histogram kernel", |gpu| histogram::extremes_and_abs_histogram(gpu, x, bins, hi))?;
+        match fused {
+            Some(both) => Ok(both),
+            None => Ok((self.extremes(x, None)?, self.abs_histogram(x, bins, hi)?)),
+        }
+    }
+
     /// The first bins of the histogram of `|x|` whose cumulative counts reach `targets`.
     pub(crate) fn percentile_bins(
         &self,

@@ -159,6 +159,10 @@ fn histograms_are_identical() {
                     let want = cpu::abs_histogram(&x, bins, hi);
                     let got = g.abs_histogram(&batch, bins, hi).unwrap();
                     assert!(got == want, "{} {shape:?} bins {bins} hi {hi}", x.dtype_name());
+                    // The same with the extremes from the same pass (the KL window's kernel).
+                    let (got_e, got_h) = g.extremes_and_abs_histogram(&batch, bins, hi).unwrap();
+                    assert!(got_h == want, "with extremes: {} {shape:?} bins {bins} hi {hi}", x.dtype_name());
+                    assert_eq!(got_e, e, "with extremes: {} {shape:?} bins {bins} hi {hi}", x.dtype_name());
                     let targets = [0.0, 1.0, x.len() as f32 * 0.5, x.len() as f32 * 0.9999, x.len() as f32 + 1.0];
                     let firsts: Vec<usize> =
                         targets.iter().map(|&t| search::percentile::first_bin_reaching(&want, t)).collect();
