@@ -57,7 +57,9 @@ pub(crate) fn extremes_and_percentile_bins<T: Element>(
     let wanted: Vec<u64> =
         ranks.iter().filter_map(|r| if let DecidingRank::Rank(k) = *r { Some(k) } else { None }).collect();
     let bracket = match &layout {
-        HostLayout::Dense { data, .. } if n >= MIN_ELEMENTS && !wanted.is_empty() => bracket_from_sample(data, &wanted),
+        HostLayout::Dense { data, .. } if data.len() == n && n >= MIN_ELEMENTS && !wanted.is_empty() => {
+            bracket_from_sample(data, &wanted)
+        }
         _ => None,
     };
     let Some(bracket) = bracket else {
