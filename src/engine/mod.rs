@@ -164,10 +164,11 @@ impl Engine {
         }
     }
 
-    /// The extremes of `x` (per tensor), checked finite, and for each target count the first bin of the
-    /// histogram of `|x|` (`bins` bins on `[0, max |x|]`) whose cumulative count is `>= target`
-    /// (`bins` when none is); see [`search::percentile::first_bin_reaching`]. The CPU finds both in one pass over the data when it can (see
-    /// `cpu::select`); a GPU runs the two kernels.
+    /// The extremes of `x` (per tensor), checked finite (SPEC §6), and for each target count the
+    /// first bin of the histogram of `|x|` (`bins` bins on `[0, max |x|]`) whose cumulative count
+    /// is `>= target` (`bins` when none is); see [`search::percentile::first_bin_reaching`]. The
+    /// CPU finds both in one pass over the data when it can (see `cpu::select`); a GPU runs the
+    /// extremes kernel, then the percentile kernels on the histogram it keeps.
     pub(crate) fn extremes_and_percentile_bins(
         &self,
         x: &Loaded<'_>,
