@@ -244,6 +244,7 @@ mod tests {
 
     use super::*;
     use crate::engine::cpu::{self, abs_histogram};
+    use crate::observer::MIX_FRACTIONS;
     use crate::search::percentile::{first_bin_reaching, fraction_target, percentile_target};
     use crate::synthetic::{Distribution, generate};
     use crate::tensor::TensorView;
@@ -256,14 +257,13 @@ mod tests {
     }
 
     fn targets(n: usize) -> Vec<Vec<f32>> {
-        let mix = [0.999, 0.9995, 0.9999, 0.99993, 0.99995, 0.99997, 0.99999, 0.999995, 0.999999];
         vec![
             vec![percentile_target(99.99, n)],
             vec![percentile_target(99.0, n)],
             vec![percentile_target(100.0, n)],
             vec![percentile_target(0.0, n)],
             vec![percentile_target(50.0, n)],
-            mix.iter().map(|&f| fraction_target(f, n)).collect(),
+            MIX_FRACTIONS.iter().map(|&f| fraction_target(f, n)).collect(),
         ]
     }
 
