@@ -27,6 +27,19 @@ pub(crate) fn bin_of(v: f32, bins_f: f32, top: f32, hi: f32, bins: u32) -> u32 {
     if a <= hi { b } else { bins } // NaN fails the test too: never counted
 }
 
+/// [`bin_of`] for a range where `hi * bins` is finite: no value in the range can overflow
+/// `|v| * bins` (rounding is monotonic), and one outside it is not counted whatever its
+/// quotient, so SPEC's rule applies as it stands, without the overflow case (a few vector
+/// operations fewer per value).
+#[inline(always)]
+fn bin_of_in_range(v: f32, bins_f: f32, top: f32, hi: f32, bins: u32) -> u32 {
+    let a = v.abs();
+    let pos = (a * bins_f) / hi;
+    let pos = if pos < top { pos } else { top };
+    let b = (pos.trunc() + 8_388_608.0).to_bits() & 0x007f_ffff;
+    if a <= hi { b } else { bins }
+}
+
 /// Values whose bins are computed at a time, before the counts are bumped.
 const BLOCK: usize = 256;
 
@@ -47,15 +60,19 @@ fn copy_stride(bins: usize) -> usize {
 
 /// Adds the histogram of `|x|` on `[0, hi]` into [`COPIES`] interleaved sub-histograms of
 /// [`copy_stride`] counters each (counter `bins` takes the values outside the range); with
-/// `EXTREMES`, also returns the extremes of `x`, found in the same loop. `x` holds at most
-/// [`SCRATCH_LIMIT`] values, so no lane counter overflows.
+/// `EXTREMES`, also returns the extremes of `x`, found in the same loop. `IN_RANGE`: `hi * bins`
+/// is finite (see [`bin_of_in_range`]). `x` holds at most [`SCRATCH_LIMIT`] values, so no lane
+/// counter overflows.
 ///
 /// Value i of a block goes to copy i % COPIES. The bins of a whole block are computed in one
 /// vectorised loop (with the extremes), and counted in a second, scalar one: fusing them would
 /// scalarise the first.
 #[inline(always)]
-fn count<const EXTREMES: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) -> Extremes {
+fn count<const EXTREMES: bool, const IN_RANGE: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) -> Extremes {
     let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
+    let bin = |v: f32| {
+        if IN_RANGE { bin_of_in_range(v, bins_f, top, hi, nb) } else { bin_of(v, bins_f, top, hi, nb) }
+    };
     let stride = copy_stride(bins);
     // Every index counted below is a bin (at most `bins`) plus a copy's offset (at most
     // `(COPIES - 1) * stride`), so below `COPIES * stride`, as `sub` is long.
@@ -72,7 +89,7 @@ fn count<const EXTREMES: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32])
         }
         if block.len() < BLOCK {
             for (j, &v) in block.iter().enumerate() {
-                sub[bin_of(v, bins_f, top, hi, nb) as usize + offset[j] as usize] += 1;
+                sub[bin(v) as usize + offset[j] as usize] += 1;
             }
             if EXTREMES {
                 extremes = extremes.join(min_max::extremes(block));
@@ -88,7 +105,7 @@ fn count<const EXTREMES: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32])
                     nf[j] += min_max::non_finite(v[j]);
                 }
                 // `min` makes the bound below structural (`bin_of` never exceeds `bins`).
-                slot[j] = bin_of(v[j], bins_f, top, hi, nb).min(nb) + off[j];
+                slot[j] = bin(v[j]).min(nb) + off[j];
             }
         }
         for &j in &idx {
@@ -109,15 +126,25 @@ fn count<const EXTREMES: bool>(x: &[f32], hi: f32, bins: usize, sub: &mut [u32])
 multiversion! {
     /// [`count`] without the extremes.
     fn accumulate(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) {
-        count::<false>(x, hi, bins, sub);
+        if in_range(hi, bins) {
+            count::<false, true>(x, hi, bins, sub);
+        } else {
+            count::<false, false>(x, hi, bins, sub);
+        }
     }
 }
 
 multiversion! {
     /// [`count`] with the extremes.
     fn accumulate_with_extremes(x: &[f32], hi: f32, bins: usize, sub: &mut [u32]) -> Extremes {
-        count::<true>(x, hi, bins, sub)
+        if in_range(hi, bins) { count::<true, true>(x, hi, bins, sub) } else { count::<true, false>(x, hi, bins, sub) }
     }
+}
+
+/// Whether [`bin_of_in_range`] applies to `bins` bins on `[0, hi]`.
+#[inline(always)]
+fn in_range(hi: f32, bins: usize) -> bool {
+    (hi * bins as f32).is_finite()
 }
 
 /// The histogram of `|x|` in `bins` bins on `[0, hi]` (SPEC §5), per channel.
@@ -393,5 +420,26 @@ mod tests {
                 assert_eq!(ph.into_counts(), c.into_counts(), "n {n} bins {bins}");
             }
         }
+    }
+
+    #[test]
+    fn the_rule_without_overflow_equals_the_full_rule_where_it_applies() {
+        for (hi, bins) in [(3.0f32, 2048usize), (1e-30, 7), (1.6e35, 2048), (122.9, 2001), (3.4e38, 1)] {
+            assert!(in_range(hi, bins));
+            let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
+            let e = (hi.to_bits() >> 23) as i32;
+            let mut values: Vec<f32> = ((e - 30).max(1)..=(e + 2).min(254))
+                .flat_map(|exp| (0..1u32 << 23).step_by(4099).map(move |m| f32::from_bits(((exp as u32) << 23) | m)))
+                .collect();
+            values.extend([0.0, -0.0, hi, -hi, f32::MAX, -f32::MAX, f32::NAN, f32::INFINITY, 1e-45]);
+            for v in values {
+                assert_eq!(
+                    bin_of_in_range(v, bins_f, top, hi, nb),
+                    bin_of(v, bins_f, top, hi, nb),
+                    "v {v:e} hi {hi:e}"
+                );
+            }
+        }
+        assert!(!in_range(3.0e38, 2048));
     }
 }
