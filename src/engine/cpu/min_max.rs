@@ -80,29 +80,30 @@ multiversion! {
     /// returns how many values were non-finite.
     ///
     /// The running extremes are the only per-channel state. Non-finite values are not counted
-    /// in the pass: every value adds `v * 0` to a few lanes (0 for a finite value, NaN for NaN or
-    /// infinity), and only a pass that ends with NaN there counts them exactly, in a second pass
-    /// (a batch with NaN or infinity is refused anyway).
+    /// in the pass: a few lanes keep the largest exponent field seen (an integer max: one cycle
+    /// of latency, where a float sum made each row wait on a chain of additions), and only a
+    /// pass that ends with the all-ones exponent of NaN and infinity there counts them exactly,
+    /// in a second pass (a batch with NaN or infinity is refused anyway).
     fn extremes_rows(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> u64 {
         let channels = lo.len();
-        let mut poison = [0f32; LANES];
+        let mut poison = [0u32; LANES];
         for row in rows.chunks_exact(channels) {
             let mut lanes = lo.chunks_exact_mut(LANES).zip(hi.chunks_exact_mut(LANES)).zip(row.chunks_exact(LANES));
             for ((l, h), v) in &mut lanes {
                 for j in 0..LANES {
                     l[j] = min(l[j], v[j]);
                     h[j] = max(h[j], v[j]);
-                    poison[j] += v[j] * 0.0;
+                    poison[j] = poison[j].max(v[j].to_bits() & 0x7f80_0000);
                 }
             }
             let tail = channels - channels % LANES;
             for ((l, h), &v) in lo[tail..].iter_mut().zip(&mut hi[tail..]).zip(&row[tail..]) {
                 *l = min(*l, v);
                 *h = max(*h, v);
-                poison[0] += v * 0.0;
+                poison[0] = poison[0].max(v.to_bits() & 0x7f80_0000);
             }
         }
-        if poison.iter().any(|p| p.is_nan()) {
+        if poison.iter().any(|&p| p == 0x7f80_0000) {
             rows.iter().map(|&v| non_finite(v) as u64).sum()
         } else {
             0
