@@ -103,7 +103,7 @@ multiversion! {
                 poison[0] = poison[0].max(v.to_bits() & 0x7f80_0000);
             }
         }
-        if poison.iter().any(|&p| p == 0x7f80_0000) {
+        if poison.contains(&0x7f80_0000) {
             rows.iter().map(|&v| non_finite(v) as u64).sum()
         } else {
             0
