@@ -56,19 +56,16 @@ pub fn divergences(hist: &[u64], nq: u64) -> Vec<f64> {
         .collect()
 }
 
-/// One candidate's level boundaries and the prefix sums at them, laid out for a vectorised pass
+/// One candidate's level boundaries and the sums over its levels, laid out for a vectorised pass
 /// (reused across candidates).
 #[derive(Default)]
 struct Levels {
     /// Level `m` holds bins `bounds[m] .. bounds[m + 1]`.
     bounds: Vec<usize>,
-    /// The prefix sums at the bounds: counts, non-empty bins, and `h ln h` (compensated).
+    /// Per level: the count, the number of non-empty bins, and `sum h ln h`.
     count: Vec<f64>,
-    nonzero: Vec<f64>,
+    members: Vec<f64>,
     hlnh: Vec<f64>,
-    hlnh_err: Vec<f64>,
-    /// Per-level differences of the prefix sums (scratch of `level_sums`).
-    diff: [Vec<f64>; 3],
 }
 
 /// The largest `k` whose window sum `div[k] + … + div[k + 8]` is within [`TIE_RTOL`] of the
@@ -95,9 +92,9 @@ struct Prefix {
     count: Vec<u64>,
     /// `nonzero[j]` = number of non-empty bins in `h[..j]`.
     nonzero: Vec<u64>,
-    /// `count` and `nonzero` as f64, for the vectorised pass (exact below 2^53 counts).
-    count_f: Vec<f64>,
-    nonzero_f: Vec<f64>,
+    /// `[count, nonzero, hlnh, hlnh_err]` at every bound as f64, side by side: a level's sums
+    /// come from two entries (the counts are exact below 2^53).
+    table: Vec<[f64; 4]>,
     /// `sum h ln h` over `h[..j]`, compensated: `hlnh[j] + hlnh_err[j]`.
     hlnh: Vec<f64>,
     hlnh_err: Vec<f64>,
@@ -130,9 +127,8 @@ impl Prefix {
             return None;
         }
         let hf = h.iter().map(|&c| c as f64).collect();
-        let count_f = count.iter().map(|&c| c as f64).collect();
-        let nonzero_f = nonzero.iter().map(|&c| c as f64).collect();
-        Some(Prefix { h, hf, count, nonzero, count_f, nonzero_f, hlnh, hlnh_err, total, ln_total: total.ln() })
+        let table = (0..=n).map(|j| [count[j] as f64, nonzero[j] as f64, hlnh[j], hlnh_err[j]]).collect();
+        Some(Prefix { h, hf, count, nonzero, table, hlnh, hlnh_err, total, ln_total: total.ln() })
     }
 
     /// `sum h ln h` over bins `a..b`.
@@ -165,25 +161,19 @@ impl Prefix {
         lv.bounds.clear();
         lv.bounds.extend((0..nq).map(|m| (m as f64 * step).ceil() as usize));
         lv.bounds.push(i);
-        let at = |v: &[f64], out: &mut Vec<f64>, bounds: &[usize]| {
-            out.clear();
-            out.extend(bounds.iter().map(|&b| v[b]));
-        };
-        at(&self.count_f, &mut lv.count, &lv.bounds);
-        at(&self.nonzero_f, &mut lv.nonzero, &lv.bounds);
-        at(&self.hlnh, &mut lv.hlnh, &lv.bounds);
-        at(&self.hlnh_err, &mut lv.hlnh_err, &lv.bounds);
-        // Every level but the last, vectorised: its member bins are all below the last bin.
-        let n = nq; // prefix values at bounds 0 ..= nq - 1
-        let body = level_sums(
-            &lv.count[..n],
-            &lv.nonzero[..n],
-            &lv.hlnh[..n],
-            &lv.hlnh_err[..n],
-            below,
-            self.ln_total,
-            &mut lv.diff,
-        );
+        // Every level but the last (levels 0 ..= nq - 2), vectorised: its member bins are all
+        // below the last bin. The sums of a level are differences of the prefix sums at its bounds.
+        for v in [&mut lv.count, &mut lv.members, &mut lv.hlnh] {
+            v.resize(nq - 1, 0.0);
+        }
+        let sums = lv.count.iter_mut().zip(lv.members.iter_mut()).zip(lv.hlnh.iter_mut());
+        for (((count, members), hlnh), pair) in sums.zip(lv.bounds[..nq].windows(2)) {
+            let (a, b) = (self.table[pair[0]], self.table[pair[1]]);
+            *count = b[0] - a[0];
+            *members = b[1] - a[1];
+            *hlnh = (b[2] - a[2]) + (b[3] - a[3]);
+        }
+        let body = level_sums(&lv.count, &lv.members, &lv.hlnh, below, self.ln_total);
         // The last level, whose last bin (the candidate's last) also takes the outliers.
         let b0 = lv.bounds[nq - 1];
         let members = self.nonzero[i] - self.nonzero[b0];
@@ -240,35 +230,11 @@ multiversion! {
     }
 }
 
-/// `sum over levels m of g - h (ln P + ln(q + floor))` for the levels between consecutive entries
-/// of the prefix sums at the level bounds (`count`, `nonzero`, `hlnh` + `hlnh_err`), with `h` the
-/// level's count, `g` its `sum h ln h` and `q = h / members / below`; in lanes of a fixed order.
-/// `diff` is scratch. Written as plain zipped loops over slices so that they vectorise.
+/// `sum over levels m of g - h (ln P + ln(q + floor))` for the levels' counts `h`, numbers of
+/// non-empty bins and `sum h ln h` (`g`), with `q = h / members / below`; in lanes of a fixed
+/// order. Written as plain zipped loops over slices so that they vectorise.
 #[inline(always)]
-fn level_sums(
-    count: &[f64],
-    nonzero: &[f64],
-    hlnh: &[f64],
-    hlnh_err: &[f64],
-    below: f64,
-    ln_total: f64,
-    diff: &mut [Vec<f64>; 3],
-) -> f64 {
-    let n = count.len().min(nonzero.len()).min(hlnh.len()).min(hlnh_err.len());
-    if n < 2 {
-        return 0.0;
-    }
-    let [h, members, g] = diff;
-    let differences = |v: &[f64], out: &mut Vec<f64>| {
-        out.clear();
-        out.extend(v[1..n].iter().zip(&v[..n - 1]).map(|(a, b)| a - b));
-    };
-    differences(count, h);
-    differences(nonzero, members);
-    differences(hlnh, g);
-    for ((g, a), b) in g.iter_mut().zip(&hlnh_err[1..n]).zip(&hlnh_err[..n - 1]) {
-        *g += a - b;
-    }
+fn level_sums(h: &[f64], members: &[f64], g: &[f64], below: f64, ln_total: f64) -> f64 {
     const L: usize = 8;
     let mut acc = [0f64; L];
     let mut hs = h.chunks_exact(L);
