@@ -12,7 +12,7 @@
 // `hist` holds `bins` u64 counts, zero-initialised; blocks add into it with integer atomics, so
 // the result does not depend on the order of the blocks.
 //
-// abs_hist_extremes_shared also finds the extremes of x in the same pass (for a KL window whose
+// abs_hist_extremes_shared_* also find the extremes of x in the same pass (for a KL window whose
 // range is known before the batch), into `ext` laid out as kernels/extremes.cu's `out` for C = 1.
 #include "common.cuh"
 
@@ -31,44 +31,24 @@ QCALIB_DEVICE u32 abs_bin(float v, u32 bins, float bins_f, float top, float hi, 
 }
 
 // Counts per block in shared memory (u32: the launcher keeps each block under 2^31 values),
-// then one global atomic per non-empty bin. Dynamic shared memory: bins * 4 bytes.
-template <typename E>
+// then one global atomic per non-empty bin. Dynamic shared memory: bins * 4 bytes. With
+// EXTREMES, also the extremes of x (per tensor) into `ext` (4 words, zero-initialised).
+template <typename E, bool EXTREMES>
 QCALIB_DEVICE void abs_hist_shared(const typename E::T* __restrict__ x, u64 n, u32 bins, float hi, double inv_hi,
-                                   u64* __restrict__ hist) {
-    DYNAMIC_SHARED(u32, counts);
-    for (u32 b = threadIdx.x; b < bins; b += blockDim.x) counts[b] = 0;
-    __syncthreads();
-    const float bins_f = (float)bins, top = (float)(bins - 1);
-    auto put = [&](float v) {
-        const u32 b = abs_bin(v, bins, bins_f, top, hi, inv_hi);
-        if (b < bins) atomicAdd(&counts[b], 1u);
-    };
-    const u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    for_each_contiguous<E, true>(x, n, tid, (u64)gridDim.x * blockDim.x, put);
-    __syncthreads();
-    for (u32 b = threadIdx.x; b < bins; b += blockDim.x) {
-        const u32 s = counts[b];
-        if (s) atomicAdd(&hist[b], (u64)s);
-    }
-}
-
-// abs_hist_shared, with the extremes of x (per tensor) into `ext` (4 words, zero-initialised).
-template <typename E>
-QCALIB_DEVICE void abs_hist_extremes_shared(const typename E::T* __restrict__ x, u64 n, u32 bins, float hi, double inv_hi,
-                                            u64* __restrict__ hist, u32* __restrict__ ext) {
+                                   u64* __restrict__ hist, u32* __restrict__ ext) {
     DYNAMIC_SHARED(u32, counts);
     for (u32 b = threadIdx.x; b < bins; b += blockDim.x) counts[b] = 0;
     __syncthreads();
     const float bins_f = (float)bins, top = (float)(bins - 1);
     ExtremesAcc acc = extremes_empty();
     auto put = [&](float v) {
-        acc(v);
+        if (EXTREMES) acc(v);
         const u32 b = abs_bin(v, bins, bins_f, top, hi, inv_hi);
         if (b < bins) atomicAdd(&counts[b], 1u);
     };
     const u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     for_each_contiguous<E, true>(x, n, tid, (u64)gridDim.x * blockDim.x, put);
-    extremes_commit(acc, 0, 1, ext);
+    if (EXTREMES) extremes_commit(acc, 0, 1, ext);
     __syncthreads();
     for (u32 b = threadIdx.x; b < bins; b += blockDim.x) {
         const u32 s = counts[b];
@@ -92,11 +72,11 @@ QCALIB_DEVICE void abs_hist_global(const typename E::T* __restrict__ x, u64 n, u
 #define HISTOGRAM_ENTRIES(E, suffix)                                                                      \
     extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                           \
         abs_hist_shared_##suffix(const E::T* __restrict__ x, u64 n, u32 bins, float hi, double inv_hi, u64* __restrict__ hist) { \
-        abs_hist_shared<E>(x, n, bins, hi, inv_hi, hist);                                                         \
+        abs_hist_shared<E, false>(x, n, bins, hi, inv_hi, hist, nullptr);                                                         \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                           \
         abs_hist_extremes_shared_##suffix(const E::T* __restrict__ x, u64 n, u32 bins, float hi, double inv_hi, u64* __restrict__ hist, u32* __restrict__ ext) { \
-        abs_hist_extremes_shared<E>(x, n, bins, hi, inv_hi, hist, ext);                                           \
+        abs_hist_shared<E, true>(x, n, bins, hi, inv_hi, hist, ext);                                           \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                           \
         abs_hist_global_##suffix(const E::T* __restrict__ x, u64 n, u32 bins, float hi, double inv_hi, u64* __restrict__ hist) { \

@@ -192,7 +192,7 @@ static std::vector<u64> ref_hist(const Tensor& t, u32 bins, float hi) {
 }
 
 // How the histogram is counted: in shared memory, in global memory, or in shared memory with
-// the extremes in the same pass (abs_hist_extremes_shared).
+// the extremes in the same pass (abs_hist_shared<E, true>).
 enum class HistKind { Shared, Global, WithExtremes };
 
 template <typename E>
@@ -202,12 +202,12 @@ static std::vector<u64> run_hist(const Tensor& t, u32 bins, float hi, u32 blocks
     const auto* x = reinterpret_cast<const typename E::T*>(t.data());
     const double inv_hi = hi > 0.0f ? 1.0 / (double)hi : 0.0;
     if (kind == HistKind::Shared)
-        emu::launch({blocks, 1, 1}, BLOCK_THREADS, bins * 4, [&] { abs_hist_shared<E>(x, t.n, bins, hi, inv_hi, h.data()); });
+        emu::launch({blocks, 1, 1}, BLOCK_THREADS, bins * 4, [&] { abs_hist_shared<E, false>(x, t.n, bins, hi, inv_hi, h.data(), nullptr); });
     else if (kind == HistKind::Global)
         emu::launch({blocks, 1, 1}, BLOCK_THREADS, 0, [&] { abs_hist_global<E>(x, t.n, bins, hi, inv_hi, h.data()); });
     else
         emu::launch({blocks, 1, 1}, BLOCK_THREADS, bins * 4,
-                    [&] { abs_hist_extremes_shared<E>(x, t.n, bins, hi, inv_hi, h.data(), ext.data()); });
+                    [&] { abs_hist_shared<E, true>(x, t.n, bins, hi, inv_hi, h.data(), ext.data()); });
     return h;
 }
 
