@@ -4,6 +4,9 @@ use super::simd::{LANES, multiversion};
 use super::walk::Reducer;
 use crate::arith::{RECIPROCAL_RANGE_LIMIT, fake_quant, fake_quant_reciprocal};
 
+/// The first quotients `|x| * inv` that [`fake_quant_reciprocal_in_range`] takes (2^24).
+const IN_RANGE_QUOTIENT: f32 = 16_777_216.0;
+
 /// Values scored against every candidate before moving on (they stay in L1).
 const BLOCK: usize = 2048;
 
@@ -54,6 +57,33 @@ multiversion! {
     }
 }
 
+/// [`fake_quant_reciprocal`] for a value whose first quotient `x * inv` is known to be within
+/// ±2^24 (there, the bound that function puts on it changes nothing).
+#[inline(always)]
+fn fake_quant_reciprocal_in_range(x: f32, s: f32, inv: f32, qmin: f32, qmax: f32) -> f32 {
+    let q0 = x * inv;
+    let r = (-q0).mul_add(s, x);
+    let q = r.mul_add(inv, q0).round_ties_even();
+    let q = if q < qmin { qmin } else { q };
+    let q = if q > qmax { qmax } else { q };
+    q * s
+}
+
+multiversion! {
+    /// [`sq_err_sum_fma`] for values with `|x| * inv <= 2^24` (see
+    /// [`fake_quant_reciprocal_in_range`]): the same bits, two operations fewer per value.
+    fn sq_err_sum_fma_in_range(x: &[f32], s: f32, inv: f32, qmin: f32, qmax: f32) -> f64 {
+        lane_sum(x, |v| fake_quant_reciprocal_in_range(v, s, inv, qmin, qmax) - v)
+    }
+}
+
+multiversion! {
+    /// The largest `|v|` of `x` as bits (NaN above every finite value and infinity).
+    fn abs_max_bits(x: &[f32]) -> u32 {
+        x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
+    }
+}
+
 multiversion! {
     /// For rows of `err.len()` values (value `j` in channel `j`), adds the squared error of every
     /// value under its channel's scale `s[j]` into `err[j]` (true division).
@@ -68,39 +98,58 @@ multiversion! {
     }
 }
 
+/// [`sq_err_rows_div`] with the corrected reciprocals `inv[j] = 1 / s[j]`; `IN_RANGE`: every
+/// `|v| * inv[j]` is at most 2^24 (see [`fake_quant_reciprocal_in_range`]). Four rows at a
+/// time: each channel's sum and scale are loaded once per four values, and the values are still
+/// added in row order (the same bits as one row at a time).
+#[inline(always)]
+fn rows_fma<const IN_RANGE: bool>(rows: &[f32], s: &[f32], inv: &[f32], qmin: f32, qmax: f32, err: &mut [f64]) {
+    #[inline(always)]
+    fn diff<const IN_RANGE: bool>(v: f32, sc: f32, iv: f32, qmin: f32, qmax: f32) -> f64 {
+        let fq = if IN_RANGE {
+            fake_quant_reciprocal_in_range(v, sc, iv, qmin, qmax)
+        } else {
+            fake_quant_reciprocal(v, sc, iv, qmin, qmax)
+        };
+        (fq - v) as f64
+    }
+    let channels = err.len();
+    let mut quads = rows.chunks_exact(4 * channels);
+    for quad in &mut quads {
+        let (r0, rest) = quad.split_at(channels);
+        let (r1, rest) = rest.split_at(channels);
+        let (r2, r3) = rest.split_at(channels);
+        let values = r0.iter().zip(r1).zip(r2).zip(r3);
+        for ((e, (&sc, &iv)), (((&v0, &v1), &v2), &v3)) in err.iter_mut().zip(s.iter().zip(inv)).zip(values) {
+            let d0 = diff::<IN_RANGE>(v0, sc, iv, qmin, qmax);
+            let d1 = diff::<IN_RANGE>(v1, sc, iv, qmin, qmax);
+            let d2 = diff::<IN_RANGE>(v2, sc, iv, qmin, qmax);
+            let d3 = diff::<IN_RANGE>(v3, sc, iv, qmin, qmax);
+            let sum = d0.mul_add(d0, *e);
+            let sum = d1.mul_add(d1, sum);
+            let sum = d2.mul_add(d2, sum);
+            *e = d3.mul_add(d3, sum);
+        }
+    }
+    for row in quads.remainder().chunks_exact(channels) {
+        for (((e, &v), &sc), &iv) in err.iter_mut().zip(row).zip(s).zip(inv) {
+            let d = diff::<IN_RANGE>(v, sc, iv, qmin, qmax);
+            *e = d.mul_add(d, *e);
+        }
+    }
+}
+
 multiversion! {
-    /// [`sq_err_rows_div`] with the corrected reciprocals `inv[j] = 1 / s[j]`. Four rows at a
-    /// time: each channel's sum and scale are loaded once per four values, and the values are
-    /// still added in row order (the same bits as one row at a time).
+    /// [`rows_fma`], for any values.
     fn sq_err_rows_fma(rows: &[f32], s: &[f32], inv: &[f32], qmin: f32, qmax: f32, err: &mut [f64]) {
-        #[inline(always)]
-        fn diff(v: f32, sc: f32, iv: f32, qmin: f32, qmax: f32) -> f64 {
-            (fake_quant_reciprocal(v, sc, iv, qmin, qmax) - v) as f64
-        }
-        let channels = err.len();
-        let mut quads = rows.chunks_exact(4 * channels);
-        for quad in &mut quads {
-            let (r0, rest) = quad.split_at(channels);
-            let (r1, rest) = rest.split_at(channels);
-            let (r2, r3) = rest.split_at(channels);
-            let values = r0.iter().zip(r1).zip(r2).zip(r3);
-            for ((e, (&sc, &iv)), (((&v0, &v1), &v2), &v3)) in err.iter_mut().zip(s.iter().zip(inv)).zip(values) {
-                let d0 = diff(v0, sc, iv, qmin, qmax);
-                let d1 = diff(v1, sc, iv, qmin, qmax);
-                let d2 = diff(v2, sc, iv, qmin, qmax);
-                let d3 = diff(v3, sc, iv, qmin, qmax);
-                let sum = d0.mul_add(d0, *e);
-                let sum = d1.mul_add(d1, sum);
-                let sum = d2.mul_add(d2, sum);
-                *e = d3.mul_add(d3, sum);
-            }
-        }
-        for row in quads.remainder().chunks_exact(channels) {
-            for (((e, &v), &sc), &iv) in err.iter_mut().zip(row).zip(s).zip(inv) {
-                let d = diff(v, sc, iv, qmin, qmax);
-                *e = d.mul_add(d, *e);
-            }
-        }
+        rows_fma::<false>(rows, s, inv, qmin, qmax, err);
+    }
+}
+
+multiversion! {
+    /// [`rows_fma`], for values with every `|v| * inv[j] <= 2^24`.
+    fn sq_err_rows_fma_in_range(rows: &[f32], s: &[f32], inv: &[f32], qmin: f32, qmax: f32, err: &mut [f64]) {
+        rows_fma::<true>(rows, s, inv, qmin, qmax, err);
     }
 }
 
@@ -127,6 +176,8 @@ pub(crate) struct FakeQuantReducer<'s> {
     scales: &'s [f32],
     /// `1 / scales`, when the reciprocal kernels apply.
     inverses: Option<Vec<f32>>,
+    /// The largest of each candidate's `1 / scales` over the channels.
+    max_inverse: Vec<f32>,
     /// Candidates per channel.
     k: usize,
     /// Channels.
@@ -140,14 +191,24 @@ pub(crate) struct FakeQuantReducer<'s> {
 impl<'s> FakeQuantReducer<'s> {
     /// The reducer for `scales` (`[k][channels]`, every scale > 0) and the integer range.
     pub(crate) fn new(scales: &'s [f32], k: usize, channels: usize, qmin: f32, qmax: f32) -> Self {
-        let inverses = use_reciprocal(scales, qmin, qmax).then(|| scales.iter().map(|s| 1.0 / s).collect());
-        FakeQuantReducer { scales, inverses, k, channels, qmin, qmax }
+        let inverses: Option<Vec<f32>> =
+            use_reciprocal(scales, qmin, qmax).then(|| scales.iter().map(|s| 1.0 / s).collect());
+        let max_inverse = match &inverses {
+            Some(inv) => inv.chunks(channels.max(1)).map(|c| c.iter().fold(0f32, |m, &v| m.max(v))).collect(),
+            None => Vec::new(),
+        };
+        FakeQuantReducer { scales, inverses, max_inverse, k, channels, qmin, qmax }
     }
 
-    /// The error sum of one channel's values under candidate `kk`.
-    fn sum(&self, x: &[f32], kk: usize, c: usize) -> f64 {
+    /// The error sum of one channel's values `x`, whose largest `|v|` is `amax`, under candidate
+    /// `kk`.
+    fn sum(&self, x: &[f32], amax: f32, kk: usize, c: usize) -> f64 {
         let i = kk * self.channels + c;
         match &self.inverses {
+            // Rounding is monotonic: every |v| * inv is at most amax * inv.
+            Some(inv) if amax * inv[i] <= IN_RANGE_QUOTIENT => {
+                sq_err_sum_fma_in_range(x, self.scales[i], inv[i], self.qmin, self.qmax)
+            }
             Some(inv) => sq_err_sum_fma(x, self.scales[i], inv[i], self.qmin, self.qmax),
             None => sq_err_sum_div(x, self.scales[i], self.qmin, self.qmax),
         }
@@ -175,8 +236,11 @@ impl Reducer for FakeQuantReducer<'_> {
     fn run(&self, part: &mut FakeQuantPart, c: usize, x: &[f32]) {
         let i = c - part.first;
         for block in x.chunks(BLOCK) {
+            // The block's largest |v| decides, per candidate, whether the first quotient needs
+            // its bound (NaN: always).
+            let amax = f32::from_bits(abs_max_bits(block));
             for kk in 0..self.k {
-                part.err[kk * part.count + i] += self.sum(block, kk, c);
+                part.err[kk * part.count + i] += self.sum(block, amax, kk, c);
             }
         }
     }
@@ -186,12 +250,18 @@ impl Reducer for FakeQuantReducer<'_> {
         // takes its rows in order.
         let block_rows = (ROW_BLOCK / channels.max(1)).max(4) / 4 * 4;
         for block in rows.chunks(block_rows * channels) {
+            let amax = f32::from_bits(abs_max_bits(block));
             for kk in 0..self.k {
                 let s = &self.scales[kk * channels..][..channels];
                 let err = &mut part.err[kk * channels..][..channels];
                 match &self.inverses {
                     Some(inv) => {
-                        sq_err_rows_fma(block, s, &inv[kk * channels..][..channels], self.qmin, self.qmax, err)
+                        let inv = &inv[kk * channels..][..channels];
+                        if amax * self.max_inverse[kk] <= IN_RANGE_QUOTIENT {
+                            sq_err_rows_fma_in_range(block, s, inv, self.qmin, self.qmax, err)
+                        } else {
+                            sq_err_rows_fma(block, s, inv, self.qmin, self.qmax, err)
+                        }
                     }
                     None => sq_err_rows_div(block, s, self.qmin, self.qmax, err),
                 }
@@ -283,5 +353,37 @@ mod tests {
             assert_eq!(part.err[0], want, "s {s}");
         }
         assert!(RECIPROCAL_SCALES.contains(&2f32.powi(-100)) && RECIPROCAL_SCALES.contains(&2f32.powi(100)));
+    }
+
+    #[test]
+    fn kernels_without_the_quotient_bound_give_the_same_bits_in_their_range() {
+        let x: Vec<f32> = (0..4099).map(|i| ((i as f32) * 0.71).cos() * 2.5 + (i % 7) as f32 * 1e-3).collect();
+        let amax = f32::from_bits(abs_max_bits(&x));
+        assert_eq!(amax, x.iter().fold(0f32, |m, v| m.max(v.abs())));
+        for s in [0.01f32, 0.02, 0.5, f32::EPSILON * 8.0, 3.7e5] {
+            let inv = 1.0 / s;
+            assert!(amax * inv <= IN_RANGE_QUOTIENT, "s {s}");
+            let (a, b) =
+                (sq_err_sum_fma(&x, s, inv, -128.0, 127.0), sq_err_sum_fma_in_range(&x, s, inv, -128.0, 127.0));
+            assert_eq!(a.to_bits(), b.to_bits(), "s {s}");
+        }
+        let channels = 7;
+        let s: Vec<f32> = (0..channels).map(|c| 0.01 + c as f32 * 0.003).collect();
+        let inv: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
+        let rows = &x[..x.len() / channels * channels];
+        let (mut a, mut b) = (vec![0.0; channels], vec![0.0; channels]);
+        sq_err_rows_fma(rows, &s, &inv, -128.0, 127.0, &mut a);
+        sq_err_rows_fma_in_range(rows, &s, &inv, -128.0, 127.0, &mut b);
+        assert_eq!(a, b);
+        // A block beyond the range takes the bounded kernel: the sums stay those of the division.
+        let mut wide = x.clone();
+        wide[100] = 1e30;
+        let r = FakeQuantReducer::new(std::slice::from_ref(&s[0]), 1, 1, -128.0, 127.0);
+        let mut part = r.part(0, 1);
+        r.run(&mut part, 0, &wide);
+        let want = sq_err_sum_div(&wide[..BLOCK], s[0], -128.0, 127.0)
+            + sq_err_sum_div(&wide[BLOCK..2 * BLOCK], s[0], -128.0, 127.0)
+            + sq_err_sum_div(&wide[2 * BLOCK..], s[0], -128.0, 127.0);
+        assert_eq!(part.err[0], want);
     }
 }
