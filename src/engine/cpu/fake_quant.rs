@@ -2,7 +2,7 @@
 
 use super::simd::{LANES, multiversion};
 use super::walk::Reducer;
-use crate::arith::{RECIPROCAL_RANGE_LIMIT, fake_quant, fake_quant_reciprocal};
+use crate::arith::{RECIPROCAL_RANGE_LIMIT, fake_quant, fake_quant_reciprocal, fake_quant_reciprocal_in_range};
 
 /// The first quotients `|x| * inv` that [`fake_quant_reciprocal_in_range`] takes (2^24).
 const IN_RANGE_QUOTIENT: f32 = 16_777_216.0;
@@ -55,18 +55,6 @@ multiversion! {
     fn sq_err_sum_fma(x: &[f32], s: f32, inv: f32, qmin: f32, qmax: f32) -> f64 {
         lane_sum(x, |v| fake_quant_reciprocal(v, s, inv, qmin, qmax) - v)
     }
-}
-
-/// [`fake_quant_reciprocal`] for a value whose first quotient `x * inv` is known to be within
-/// ±2^24 (there, the bound that function puts on it changes nothing).
-#[inline(always)]
-fn fake_quant_reciprocal_in_range(x: f32, s: f32, inv: f32, qmin: f32, qmax: f32) -> f32 {
-    let q0 = x * inv;
-    let r = (-q0).mul_add(s, x);
-    let q = r.mul_add(inv, q0).round_ties_even();
-    let q = if q < qmin { qmin } else { q };
-    let q = if q > qmax { qmax } else { q };
-    q * s
 }
 
 multiversion! {
