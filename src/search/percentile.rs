@@ -48,6 +48,8 @@ pub enum DecidingRank {
 /// assert_eq!(deciding_rank(5.0, 10), DecidingRank::Rank(5));
 /// assert_eq!(deciding_rank(5.5, 10), DecidingRank::Rank(6));
 /// assert_eq!(deciding_rank(10.5, 10), DecidingRank::NoBin);
+/// assert_eq!(deciding_rank(f32::NAN, 10), DecidingRank::NoBin); // as first_bin_reaching: no bin
+/// assert_eq!(deciding_rank(-1.0, 0), DecidingRank::FirstBin);
 /// ```
 pub fn deciding_rank(target: f32, n: u64) -> DecidingRank {
     // The same comparison as `first_bin_reaching`: an integer count `c` reaches `target` when
