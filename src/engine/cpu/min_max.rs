@@ -75,39 +75,63 @@ multiversion! {
     }
 }
 
+/// Rows folded into the running extremes per pass: each channel's extremes stay in registers
+/// across them, so the per-channel state is loaded and stored once per this many rows.
+const ROWS_PER_PASS: usize = 8;
+
 multiversion! {
     /// Folds rows of `lo.len()` values (value `j` in channel `j`) into per-channel extremes;
     /// returns how many values were non-finite.
     ///
-    /// The running extremes are the only per-channel state. Non-finite values are not counted
-    /// in the pass: a few lanes keep the largest exponent field seen (an integer max: one cycle
-    /// of latency, where a float sum made each row wait on a chain of additions), and only a
-    /// pass that ends with the all-ones exponent of NaN and infinity there counts them exactly,
-    /// in a second pass (a batch with NaN or infinity is refused anyway).
+    /// [`ROWS_PER_PASS`] rows at a time, 16 channels at a time: each channel's running
+    /// extremes are loaded once, folded with its values of those rows in row order (the same
+    /// result as one row at a time) and stored once. Non-finite values are not counted in the
+    /// pass: a few lanes keep the largest exponent field seen (an integer max), and only a pass
+    /// that ends with the all-ones exponent of NaN and infinity there counts them exactly, in a
+    /// second pass (a batch with NaN or infinity is refused anyway).
     fn extremes_rows(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> u64 {
         let channels = lo.len();
+        let tail = channels - channels % LANES;
         let mut poison = [0u32; LANES];
-        for row in rows.chunks_exact(channels) {
-            let mut lanes = lo.chunks_exact_mut(LANES).zip(hi.chunks_exact_mut(LANES)).zip(row.chunks_exact(LANES));
-            for ((l, h), v) in &mut lanes {
-                for j in 0..LANES {
-                    l[j] = min(l[j], v[j]);
-                    h[j] = max(h[j], v[j]);
-                    poison[j] = poison[j].max(v[j].to_bits() & 0x7f80_0000);
+        let mut passes = rows.chunks_exact(ROWS_PER_PASS * channels);
+        for pass in &mut passes {
+            for c in (0..tail).step_by(LANES) {
+                let (mut l, mut h) = ([0f32; LANES], [0f32; LANES]);
+                l.copy_from_slice(&lo[c..c + LANES]);
+                h.copy_from_slice(&hi[c..c + LANES]);
+                for r in 0..ROWS_PER_PASS {
+                    let v = &pass[r * channels + c..][..LANES];
+                    for j in 0..LANES {
+                        l[j] = min(l[j], v[j]);
+                        h[j] = max(h[j], v[j]);
+                        poison[j] = poison[j].max(v[j].to_bits() & 0x7f80_0000);
+                    }
                 }
+                lo[c..c + LANES].copy_from_slice(&l);
+                hi[c..c + LANES].copy_from_slice(&h);
             }
-            let tail = channels - channels % LANES;
-            for ((l, h), &v) in lo[tail..].iter_mut().zip(&mut hi[tail..]).zip(&row[tail..]) {
-                *l = min(*l, v);
-                *h = max(*h, v);
-                poison[0] = poison[0].max(v.to_bits() & 0x7f80_0000);
+            for row in pass.chunks_exact(channels) {
+                fold_row(&row[tail..], &mut lo[tail..], &mut hi[tail..], &mut poison);
             }
+        }
+        for row in passes.remainder().chunks_exact(channels) {
+            fold_row(row, lo, hi, &mut poison);
         }
         if poison.contains(&0x7f80_0000) {
             rows.iter().map(|&v| non_finite(v) as u64).sum()
         } else {
             0
         }
+    }
+}
+
+/// Folds one row (or the same part of one) into `lo`, `hi` and the exponent lanes.
+#[inline(always)]
+fn fold_row(row: &[f32], lo: &mut [f32], hi: &mut [f32], poison: &mut [u32; LANES]) {
+    for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+        *l = min(*l, v);
+        *h = max(*h, v);
+        poison[0] = poison[0].max(v.to_bits() & 0x7f80_0000);
     }
 }
 
@@ -196,5 +220,41 @@ mod tests {
         let mut hi = vec![f32::NEG_INFINITY; 3];
         assert_eq!(extremes_rows(&x, &mut lo, &mut hi), 3);
         assert_eq!(lo, vec![1.0, f32::NEG_INFINITY, -2.0]);
+    }
+
+    /// Rows folded several at a time give what one value at a time gives, for every split into
+    /// full passes, leftover rows and leftover channels; equal values keep the first seen (the
+    /// sign of a zero survives).
+    #[test]
+    fn rows_fold_like_a_plain_loop() {
+        for channels in [1usize, 15, 16, 17, 48, 53] {
+            for n_rows in [0usize, 1, 7, 8, 9, 17, 24] {
+                let x: Vec<f32> = (0..channels * n_rows)
+                    .map(|i| match (i * 7919) % 37 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        k => (k as f32 - 18.0) * 0.25,
+                    })
+                    .collect();
+                let (mut lo, mut hi) = (vec![f32::INFINITY; channels], vec![f32::NEG_INFINITY; channels]);
+                assert_eq!(extremes_rows(&x, &mut lo, &mut hi), 0);
+                let (mut want_lo, mut want_hi) = (vec![f32::INFINITY; channels], vec![f32::NEG_INFINITY; channels]);
+                for row in x.chunks_exact(channels) {
+                    for (j, &v) in row.iter().enumerate() {
+                        want_lo[j] = min(want_lo[j], v);
+                        want_hi[j] = max(want_hi[j], v);
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&lo), bits(&want_lo), "{channels} channels, {n_rows} rows");
+                assert_eq!(bits(&hi), bits(&want_hi), "{channels} channels, {n_rows} rows");
+            }
+        }
+        let mut x = vec![1.0f32; 17 * 9];
+        x[3] = f32::NAN;
+        x[16 * 17 / 2] = f32::INFINITY;
+        x[17 * 9 - 1] = f32::NEG_INFINITY;
+        let (mut lo, mut hi) = (vec![f32::INFINITY; 17], vec![f32::NEG_INFINITY; 17]);
+        assert_eq!(extremes_rows(&x, &mut lo, &mut hi), 3);
     }
 }
