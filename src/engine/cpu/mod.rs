@@ -1,7 +1,6 @@
 //! The CPU engine: rayon across cores, vectorised loops within a core.
 
 mod fake_quant;
-mod fused;
 mod histogram;
 mod min_max;
 mod select;

@@ -18,9 +18,8 @@
 
 use ndarray::ArrayViewD;
 
-use super::fused::Both;
 use super::histogram::bin_of;
-use super::min_max::{ExtremesPart, ExtremesReducer};
+use super::min_max::{self, Extremes, ExtremesPart, ExtremesReducer};
 use super::simd::{LANES, multiversion};
 use super::walk::{Reducer, reduce};
 use crate::search::percentile::{DecidingRank, deciding_rank};
@@ -65,7 +64,9 @@ pub(crate) fn extremes_and_percentile_bins<T: Element>(
     let Some(bracket) = bracket else {
         return (reduce(layout, &ExtremesReducer), None);
     };
-    let (e, found) = reduce(layout, &Both(ExtremesReducer, bracket));
+    let found = reduce(layout, &bracket);
+    let mut e = ExtremesReducer.part(0, 1);
+    e.add(0, found.extremes);
     let bins = bins_of_ranks(&e, found, bins, &ranks);
     (e, bins)
 }
@@ -140,8 +141,8 @@ fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket
     Some(Bracket { lo, hi, cap_fraction })
 }
 
-/// Counts the values of `|x|` below `lo` and collects those in `[lo, hi]` (as bits), up to a
-/// cap per piece.
+/// Finds the extremes of `x`, counts the values of `|x|` below `lo` and collects those in
+/// `[lo, hi]` (as bits), up to a cap per piece.
 struct Bracket {
     lo: u32,
     hi: u32,
@@ -150,6 +151,7 @@ struct Bracket {
 
 /// What a piece of the tensor found.
 pub(crate) struct Found {
+    extremes: Extremes,
     below: u64,
     inside: Vec<u32>,
     /// Values scanned (the cap on `inside` grows with them).
@@ -162,18 +164,47 @@ pub(crate) struct Found {
 /// again to collect it.
 const SPAN: usize = 256;
 
+/// Values per block: the u32 lane counters flush to u64 after each block.
+const BLOCK: usize = 1 << 20;
+
 multiversion! {
-    /// Adds to `found` the values of `x` below `lo` (counted) and in `[lo, hi]` (collected, while
-    /// there is room under `cap`).
+    /// Adds to `found` the extremes of `x`, its values below `lo` (counted) and those in
+    /// `[lo, hi]` (collected, while there is room under `cap`), in one vectorised loop.
     fn scan(x: &[f32], lo: u32, hi: u32, cap: usize, found: &mut Found) {
         let width = hi.wrapping_sub(lo);
-        for span in x.chunks(SPAN) {
-            // Two plain reductions, which vectorise well (lane arrays here end up on the stack).
-            let below = span.iter().map(|&v| (abs_bits(v) < lo) as u32).sum::<u32>();
-            let hits = span.iter().fold(0u32, |a, &v| a | (abs_bits(v).wrapping_sub(lo) <= width) as u32);
-            found.below += below as u64;
-            if hits != 0 {
-                collect(span, lo, hi, cap, found);
+        for block in x.chunks(BLOCK) {
+            let mut low = [f32::INFINITY; LANES];
+            let mut high = [f32::NEG_INFINITY; LANES];
+            let mut nf = [0u32; LANES];
+            let mut below = [0u32; LANES];
+            for span in block.chunks(SPAN) {
+                let mut hits = [0u32; LANES];
+                let mut lanes = span.chunks_exact(LANES);
+                for ch in &mut lanes {
+                    for j in 0..LANES {
+                        let (v, b) = (ch[j], abs_bits(ch[j]));
+                        low[j] = min_max::min(low[j], v);
+                        high[j] = min_max::max(high[j], v);
+                        nf[j] += min_max::non_finite(v);
+                        below[j] += (b < lo) as u32;
+                        hits[j] |= (b.wrapping_sub(lo) <= width) as u32;
+                    }
+                }
+                for &v in lanes.remainder() {
+                    let b = abs_bits(v);
+                    low[0] = min_max::min(low[0], v);
+                    high[0] = min_max::max(high[0], v);
+                    nf[0] += min_max::non_finite(v);
+                    below[0] += (b < lo) as u32;
+                    hits[0] |= (b.wrapping_sub(lo) <= width) as u32;
+                }
+                if hits.iter().any(|&h| h != 0) {
+                    collect(span, lo, hi, cap, found);
+                }
+            }
+            for j in 0..LANES {
+                found.extremes = found.extremes.join(Extremes { min: low[j], max: high[j], non_finite: nf[j] as u64 });
+                found.below += below[j] as u64;
             }
         }
     }
@@ -204,7 +235,7 @@ impl Reducer for Bracket {
     type Part = Found;
 
     fn part(&self, _first: usize, _count: usize) -> Found {
-        Found { below: 0, inside: Vec::new(), seen: 0, overflowed: false }
+        Found { extremes: Extremes::EMPTY, below: 0, inside: Vec::new(), seen: 0, overflowed: false }
     }
 
     fn part_bytes(&self, _count: usize) -> usize {
@@ -223,6 +254,7 @@ impl Reducer for Bracket {
     }
 
     fn merge(&self, part: &mut Found, other: Found) {
+        part.extremes = part.extremes.join(other.extremes);
         part.below += other.below;
         part.seen += other.seen;
         part.overflowed |= other.overflowed;
@@ -295,6 +327,8 @@ mod tests {
                         let expected = by_histogram(&x, bins, &t);
                         let (e, found) = extremes_and_percentile_bins(&x.view(), bins, &t);
                         assert_eq!(e.non_finite, 0);
+                        let plain = crate::engine::cpu::min_max::extremes(x.as_slice().unwrap_or(&[]));
+                        assert_eq!((e.min[0], e.max[0]), (plain.min, plain.max), "{name}, n {n}");
                         if let Some(found) = found {
                             assert_eq!(found, expected, "{name}, n {n}, bins {bins}, targets {t:?}");
                         }
