@@ -25,13 +25,32 @@ pub(crate) fn extremes(x: &TensorView<'_>, axis: Option<usize>) -> Extremes {
 
 /// The histogram of `|x|` over the whole tensor, `bins` bins on `[0, hi]` (SPEC §5).
 pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64> {
-    let r = HistogramReducer { bins, hi };
+    let r = HistogramReducer::new(bins, hi);
     with_view!(x, v => reduce(HostLayout::new(v, None), &r)).into_counts()
+}
+
+/// Histograms of `|x|` per channel along `axis`: channel `c` gets `bins[c]` bins on
+/// `[0, hi[c]]` (none when `bins[c]` is 0); the counts of every channel in turn.
+pub(crate) fn abs_histograms(x: &TensorView<'_>, axis: usize, bins: &[usize], hi: &[f32]) -> Vec<u64> {
+    let r = HistogramReducer::per_channel(bins, hi);
+    with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).into_counts()
+}
+
+/// The per-channel extremes along `axis` and [`abs_histograms`] in one pass over the tensor.
+pub(crate) fn extremes_and_abs_histograms(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: &[usize],
+    hi: &[f32],
+) -> (Extremes, Vec<u64>) {
+    let r = ExtremesAndHistogram(HistogramReducer::per_channel(bins, hi));
+    let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r));
+    (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
 }
 
 /// The extremes and the histogram of `|x|` on `[0, hi]` in one pass over the tensor.
 pub(crate) fn extremes_and_abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> (Extremes, Vec<u64>) {
-    let r = ExtremesAndHistogram(HistogramReducer { bins, hi });
+    let r = ExtremesAndHistogram(HistogramReducer::new(bins, hi));
     let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, None), &r));
     (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
 }
@@ -52,6 +71,27 @@ pub(crate) fn extremes_and_percentile_bins(x: &TensorView<'_>, bins: usize, targ
     }
     let hist = abs_histogram(x, bins, e.abs_max(0));
     let found = targets.iter().map(|&t| first_bin_reaching(&hist, t)).collect();
+    (e, found)
+}
+
+/// The per-channel extremes along `axis` and, when they are finite, for each channel and each
+/// target count the first bin of the channel's histogram of `|x|` on `[0, max |x|]` (of that
+/// channel) whose cumulative count reaches it (`bins` when none does): `[channel][target]`.
+/// Empty when the tensor holds NaN or infinity.
+pub(crate) fn extremes_and_percentile_bins_per_channel(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: usize,
+    targets: &[f32],
+) -> (Extremes, Vec<usize>) {
+    let e = extremes(x, Some(axis));
+    if e.non_finite > 0 {
+        return (e, Vec::new());
+    }
+    let channels = e.min.len();
+    let hi: Vec<f32> = (0..channels).map(|c| e.abs_max(c)).collect();
+    let hist = abs_histograms(x, axis, &vec![bins; channels], &hi);
+    let found = hist.chunks_exact(bins).flat_map(|h| targets.iter().map(|&t| first_bin_reaching(h, t))).collect();
     (e, found)
 }
 

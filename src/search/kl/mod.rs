@@ -19,6 +19,8 @@
 mod levels;
 mod per_bin;
 
+use rayon::prelude::*;
+
 /// The first candidate: the histogram cut after bin 128.
 pub const START_BIN: usize = 128;
 /// Divergences per window sum.
@@ -45,6 +47,20 @@ const Q_FLOOR: f64 = 1e-10;
 pub fn threshold_index(hist: &[u64], nq: u64) -> Option<usize> {
     let div = divergences(hist, nq);
     best_window(&div).map(|k| k + EDGE_OFFSET)
+}
+
+/// [`threshold_index`] of every histogram in `hists` (one per channel), the channels in
+/// parallel.
+///
+/// ```
+/// use qcalib::search::kl::{threshold_index, threshold_indices};
+/// let a: Vec<u64> = (0..512).map(|b| (1e6 * (-(b as f64 / 60.0).powi(2)).exp()) as u64).collect();
+/// let b: Vec<u64> = (0..300).map(|b| 1000 / (b + 1)).collect();
+/// let found = threshold_indices(&[&a, &b, &[]], 128);
+/// assert_eq!(found, vec![threshold_index(&a, 128), threshold_index(&b, 128), None]);
+/// ```
+pub fn threshold_indices(hists: &[&[u64]], nq: u64) -> Vec<Option<usize>> {
+    hists.par_iter().map(|h| threshold_index(h, nq)).collect()
 }
 
 /// The divergence of every candidate `i = 128 ..= hist.len()` (SPEC §4 step 2); `+inf` where it
