@@ -53,7 +53,7 @@ impl KlWindow {
             Some((b, hi)) => histogram(b, hi)?,
             None => Vec::new(),
         };
-        self.apply(bins, amax, numel, plan, counts);
+        self.apply(bins, amax, numel, plan, &counts);
         Ok(())
     }
 
@@ -90,7 +90,7 @@ impl KlWindow {
 
     /// Adds the batch of [`plan`](KlWindow::plan) `plan`: `numel` values whose largest `|x|` is
     /// `amax`, counted as `counts` in the planned histogram.
-    fn apply(&mut self, bins: usize, amax: f32, numel: usize, plan: Option<(usize, f32)>, counts: Vec<u64>) {
+    fn apply(&mut self, bins: usize, amax: f32, numel: usize, plan: Option<(usize, f32)>, counts: &[u64]) {
         let Some((planned, _)) = plan else {
             self.zeros += numel as u64;
             return;
@@ -100,7 +100,7 @@ impl KlWindow {
             let w = amax / bins as f32;
             let mut edges: Vec<f32> = (0..bins).map(|m| m as f32 * w).collect();
             edges.push(amax);
-            let mut hist = counts;
+            let mut hist = counts.to_vec();
             hist[0] += self.zeros;
             *self = KlWindow { hist, edges, width: w, zeros: 0, step: self.step };
             return;
@@ -111,7 +111,7 @@ impl KlWindow {
             self.hist.resize(planned, 0);
         }
         for (h, b) in self.hist.iter_mut().zip(counts) {
-            *h += b;
+            *h += *b;
         }
     }
 
@@ -248,19 +248,24 @@ impl KlObserver {
         }
         let engine = &self.core.engine;
         let x = engine.load(x)?;
-        let mut windows =
-            if self.channels.is_empty() { vec![KlWindow::default(); channels] } else { self.channels.clone() };
+        let fresh;
+        let windows: &[KlWindow] = if self.channels.is_empty() {
+            fresh = vec![KlWindow::default(); channels];
+            &fresh
+        } else {
+            &self.channels
+        };
         let current: Vec<(usize, f32)> = windows.iter().map(|w| (w.hist.len(), w.top())).collect();
         let (e, early) = if windows.iter().all(|w| w.top() > 0.0) {
             let (bins, hi): (Vec<usize>, Vec<f32>) = current.iter().copied().unzip();
             match engine.abs_histograms(&x, axis, &bins, &hi, true)? {
-                (Some(e), h) => (e, Some(h)),
+                (Some(e), h) => (e, h),
                 (None, _) => {
                     return Err(Error::Device("internal error in qcalib: no extremes from the histogram pass".into()));
                 }
             }
         } else {
-            (engine.extremes(&x, Some(axis))?, None)
+            (engine.extremes(&x, Some(axis))?, Vec::new())
         };
         e.check_finite()?;
         let plans = windows
@@ -284,7 +289,7 @@ impl KlObserver {
             .iter()
             .zip(&current)
             .map(|(p, now)| match p {
-                Some(plan) if early.is_none() || plan != now => *plan,
+                Some(plan) if early.is_empty() || plan != now => *plan,
                 _ => (0, 0.0),
             })
             .collect();
@@ -294,14 +299,19 @@ impl KlObserver {
         } else {
             Vec::new()
         };
+        // Nothing can fail from here on but the search of a window that completes: the windows
+        // change in place, unless the window completes (then a copy, kept only on success).
+        let completes = windows.first().is_some_and(|w| w.step + 1 == self.update_interval);
+        let mut windows =
+            if completes || self.channels.is_empty() { windows.to_vec() } else { std::mem::take(&mut self.channels) };
         let (mut at_early, mut at_again) = (0, 0);
         for (c, w) in windows.iter_mut().enumerate() {
             let counts = if again[c].0 > 0 {
-                recounted[at_again..at_again + again[c].0].to_vec()
+                &recounted[at_again..at_again + again[c].0]
             } else if plans[c].is_some() {
-                early.as_ref().map_or_else(Vec::new, |h| h[at_early..at_early + current[c].0].to_vec())
+                &early[at_early..at_early + current[c].0]
             } else {
-                Vec::new()
+                &[]
             };
             at_again += again[c].0;
             at_early += current[c].0;

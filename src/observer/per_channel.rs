@@ -17,7 +17,7 @@ pub(crate) fn channels_and_values(shape: &[usize], axis: Option<usize>) -> (usiz
         None => (1, numel),
         Some(a) => {
             let c = shape[a];
-            (c, if c == 0 { 0 } else { numel / c })
+            (c, numel.checked_div(c).unwrap_or(0))
         }
     }
 }

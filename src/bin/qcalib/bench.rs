@@ -111,8 +111,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
 
     let mut cases = Vec::new();
     for kind in ObserverKind::ALL {
-        let per_channel_ok =
-            matches!(kind, ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse);
+        let per_channel_ok = kind != ObserverKind::MovingAverageMinMax;
         for (name, shape, axis) in &shapes {
             let wanted = match axis {
                 None => kind != ObserverKind::MovingAveragePerChannelMinMax,
@@ -181,6 +180,19 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         return Err(e);
     }
     cases.push(Case { observer: "kl-search", variant: "2048 bins, qint8".into(), seconds, searched_bytes: None });
+    // Per channel (SPEC §8): the searches of every channel's histogram, the channels in parallel
+    // (the CPU engine's search; the CUDA engine has no per-channel search yet).
+    if on_device.is_none() {
+        let hists: Vec<Vec<u64>> = data[..rows * CHANNELS].chunks_exact(rows).map(|c| kl_histogram(c, 2048)).collect();
+        let refs: Vec<&[u64]> = hists.iter().map(Vec::as_slice).collect();
+        let seconds = median(args.runs, || {
+            let t = Instant::now();
+            std::hint::black_box(qcalib::search::kl::threshold_indices(&refs, QuantDType::QInt8.kl_levels()));
+            t.elapsed().as_secs_f64()
+        });
+        let variant = format!("per-channel ({CHANNELS} ch), 2048 bins, qint8");
+        cases.push(Case { observer: "kl-search", variant, seconds, searched_bytes: None });
+    }
     let device = device.to_string();
 
     match args.format {

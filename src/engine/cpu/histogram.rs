@@ -205,6 +205,11 @@ pub(crate) struct HistogramPart {
     scratch_channel: Option<usize>,
     scratch_values: u64,
     rows: RowConstants,
+    /// The u16 counters of the row kernel (see [`RowConstants`]), flushed to `counts` before any
+    /// could overflow; empty until rows come. Small counters keep a block's busy bins in L1.
+    row_scratch: Vec<u16>,
+    /// Rows counted into `row_scratch` since its last flush.
+    row_scratch_rows: u64,
 }
 
 /// Values the u32 scratch takes before it is flushed (each counter stays below 2^32).
@@ -243,6 +248,17 @@ impl HistogramPart {
     }
 
     fn flush(&mut self) {
+        if self.row_scratch_rows > 0 {
+            let stride = self.rows.stride;
+            for (j, ch) in self.channels.iter().enumerate() {
+                let src = &mut self.row_scratch[j * stride..][..ch.bins];
+                for (d, s) in self.counts[ch.offset..][..ch.bins].iter_mut().zip(src.iter_mut()) {
+                    *d += *s as u64;
+                    *s = 0;
+                }
+            }
+            self.row_scratch_rows = 0;
+        }
         if let Some(c) = self.scratch_channel.take() {
             let ch = self.channel(c);
             let stride = copy_stride(ch.bins);
@@ -332,12 +348,14 @@ impl Reducer for HistogramReducer {
         let total: usize = channels.iter().map(|c| c.bins).sum();
         HistogramPart {
             first,
-            rows: RowConstants::new(&channels, total),
+            rows: RowConstants::new(&channels),
             channels,
             counts: vec![0; total + 1],
             scratch: Vec::new(),
             scratch_channel: None,
             scratch_values: 0,
+            row_scratch: Vec::new(),
+            row_scratch_rows: 0,
         }
     }
 
@@ -365,14 +383,26 @@ impl Reducer for HistogramReducer {
     }
 
     fn rows(&self, part: &mut HistogramPart, rows: &[f32], channels: usize) {
-        part.flush();
         debug_assert_eq!(channels, part.channels.len());
-        count_rows(rows, &part.rows, &mut part.counts);
+        if part.scratch_channel.is_some() {
+            part.flush();
+        }
+        if part.row_scratch.is_empty() {
+            part.row_scratch = vec![0; part.rows.scratch_len()];
+        }
+        // Each counter takes at most one value per row: flush before it could overflow.
+        for piece in rows.chunks(channels.max(1) * ROW_SCRATCH_LIMIT as usize) {
+            if part.row_scratch_rows + (piece.len() / channels.max(1)) as u64 > ROW_SCRATCH_LIMIT {
+                part.flush();
+            }
+            count_rows(piece, &part.rows, &mut part.row_scratch);
+            part.row_scratch_rows += (piece.len() / channels.max(1)) as u64;
+        }
     }
 
     fn column_block(&self, _channels: usize) -> Option<usize> {
         let most = self.channels.iter().map(|c| c.bins).max().unwrap_or(1).max(1);
-        Some((BLOCK_COUNTER_BYTES / (8 * most)).clamp(LANES, 1024) / LANES * LANES)
+        Some((BLOCK_COUNTER_BYTES / (2 * most)).clamp(LANES, 1024) / LANES * LANES)
     }
 
     fn merge(&self, part: &mut HistogramPart, mut other: HistogramPart) {
@@ -385,63 +415,103 @@ impl Reducer for HistogramReducer {
 
     fn concat(&self, parts: Vec<HistogramPart>) -> HistogramPart {
         let first = parts.first().map_or(0, |p| p.first);
-        let count = parts.iter().map(|p| p.channels.len()).sum();
-        let mut out = self.part(first, count);
-        out.counts.clear();
+        let count: usize = parts.iter().map(|p| p.channels.len()).sum();
+        let total: usize = parts.iter().map(|p| p.counts.len() - 1).sum();
+        let mut counts = Vec::with_capacity(total + 1);
         for p in parts {
-            out.counts.extend(p.into_counts());
+            counts.extend(p.into_counts());
         }
-        out.counts.push(0);
+        counts.push(0);
+        let mut out = self.part(first, 0);
+        out.first = first;
+        out.channels = self.channels[first..first + count]
+            .iter()
+            .map(|c| ChannelBins { offset: c.offset - self.channels.get(first).map_or(0, |f| f.offset), ..*c })
+            .collect();
+        out.rows = RowConstants::new(&out.channels);
+        out.counts = counts;
         out
     }
 }
 
 /// The per-channel constants of [`count_rows`], one entry per channel of a part.
+///
+/// The row kernel counts into a u32 scratch where channel `j`'s counters start at `j * stride`:
+/// `stride` is the most bins of a channel rounded up to 1024 counters, plus 64, so that the same
+/// bin of neighbouring channels is 256 bytes apart modulo 4 KiB (counters a multiple of 4 KiB
+/// apart alias in the store buffer, and the increments of the channels of a row would wait on
+/// each other).
 struct RowConstants {
     bins_f: Vec<f32>,
     top: Vec<f32>,
     hi: Vec<f32>,
     nb: Vec<u32>,
+    /// Where channel `j`'s counters start in the scratch: `j * stride`.
     offset: Vec<u32>,
-    /// The slot of what is not counted.
+    stride: usize,
+    /// The slot of what is not counted (the scratch's last).
     outside: u32,
 }
 
 impl RowConstants {
-    fn new(channels: &[ChannelBins], total: usize) -> Self {
+    fn new(channels: &[ChannelBins]) -> Self {
+        let most = channels.iter().map(|c| c.bins).max().unwrap_or(0);
+        let stride = most.div_ceil(1024) * 1024 + 64;
         RowConstants {
             bins_f: channels.iter().map(|c| c.bins as f32).collect(),
             top: channels.iter().map(|c| c.bins.saturating_sub(1) as f32).collect(),
             hi: channels.iter().map(|c| c.hi).collect(),
             nb: channels.iter().map(|c| c.bins as u32).collect(),
-            offset: channels.iter().map(|c| c.offset as u32).collect(),
-            outside: total as u32,
+            offset: (0..channels.len()).map(|j| (j * stride) as u32).collect(),
+            stride,
+            outside: (channels.len() * stride) as u32,
         }
+    }
+
+    /// The length of the scratch.
+    fn scratch_len(&self) -> usize {
+        self.outside as usize + 1
     }
 }
 
-/// Channels whose counter indices are computed at a time in [`count_rows`].
-const ROW_LANES: usize = 64;
+/// Rows the u16 counters of the row kernel take before they are flushed.
+const ROW_SCRATCH_LIMIT: u64 = u16::MAX as u64;
+
+/// Counter indices computed at a time in [`count_rows`] before the counters are bumped (the
+/// indices must be in the cache, not in flight in the store buffer, when they are read back).
+const ROW_BLOCK: usize = 1024;
 
 multiversion! {
-    /// Counts rows of `k.hi.len()` values (value `j` in channel `j`) into `counts`: the indices
-    /// of up to [`ROW_LANES`] channels' counters in one vectorised loop, then their increments.
-    fn count_rows(rows: &[f32], k: &RowConstants, counts: &mut [u64]) {
+    /// Counts rows of `k.hi.len()` values (value `j` in channel `j`) into `counts`: the counter
+    /// indices of [`ROW_BLOCK`] values (whole rows, or a part of one wide row) in one vectorised
+    /// loop, then their increments.
+    fn count_rows(rows: &[f32], k: &RowConstants, counts: &mut [u16]) {
         let channels = k.hi.len();
-        let mut idx = [0u32; ROW_LANES];
-        for row in rows.chunks_exact(channels) {
-            for c0 in (0..channels).step_by(ROW_LANES) {
-                let n = (channels - c0).min(ROW_LANES);
-                let lanes = (&row[c0..c0 + n], &k.bins_f[c0..c0 + n], &k.top[c0..c0 + n], &k.hi[c0..c0 + n]);
-                let (nb, offset) = (&k.nb[c0..c0 + n], &k.offset[c0..c0 + n]);
+        let mut idx = [0u32; ROW_BLOCK];
+        let group = (ROW_BLOCK / channels.max(1)).max(1) * channels;
+        for values in rows.chunks(group) {
+            // Whole rows, or (a row wider than the block) a run of one row's channels.
+            for (r, row) in values.chunks(channels.min(ROW_BLOCK)).enumerate() {
+                let first = (r * channels.min(ROW_BLOCK)) % channels;
+                let n = row.len();
+                let slot = &mut idx[(r * channels.min(ROW_BLOCK)) % ROW_BLOCK..][..n];
+                let (bins_f, top, hi) = (&k.bins_f[first..first + n], &k.top[first..first + n], &k.hi[first..first + n]);
+                let (nb, offset) = (&k.nb[first..first + n], &k.offset[first..first + n]);
                 for j in 0..n {
-                    let (v, hi) = (lanes.0[j], lanes.3[j]);
+                    let (v, hi) = (row[j], hi[j]);
                     // A channel whose range is [0, 0] counts its zeros in bin 0 (SPEC §5).
-                    let b = bin_of(v, lanes.1[j], lanes.2[j], hi, nb[j]);
+                    let b = bin_of(v, bins_f[j], top[j], hi, nb[j]);
                     let b = if hi > 0.0 { b } else if v == 0.0 { 0 } else { nb[j] };
-                    idx[j] = if b < nb[j] { offset[j] + b } else { k.outside };
+                    slot[j] = if b < nb[j] { offset[j] + b } else { k.outside };
                 }
-                for &i in &idx[..n] {
+                if channels > ROW_BLOCK {
+                    for &i in &idx[..n] {
+                        counts[i as usize] += 1;
+                    }
+                }
+            }
+            if channels <= ROW_BLOCK {
+                for &i in &idx[..values.len()] {
                     counts[i as usize] += 1;
                 }
             }

@@ -10,7 +10,9 @@ pub(crate) mod widen;
 
 use crate::engine::Extremes;
 use crate::search::percentile::first_bin_reaching;
-use crate::tensor::{HostLayout, TensorView, with_view};
+use rayon::prelude::*;
+
+use crate::tensor::{Element, HostLayout, TensorView, with_view};
 
 use fake_quant::FakeQuantReducer;
 use histogram::{ExtremesAndHistogram, HistogramReducer};
@@ -84,6 +86,17 @@ pub(crate) fn extremes_and_percentile_bins_per_channel(
     bins: usize,
     targets: &[f32],
 ) -> (Extremes, Vec<usize>) {
+    // Channels that are one contiguous run each (channels outermost): every channel as a tensor
+    // of its own, by selection where it applies.
+    let by_channel = with_view!(x, v => match HostLayout::new(v, Some(axis)) {
+        HostLayout::Dense { data, outer: 1, channels, inner } if channels > 1 && inner >= select::MIN_ELEMENTS => {
+            Some(percentile_bins_of_runs(data, channels, inner, bins, targets))
+        }
+        _ => None,
+    });
+    if let Some(found) = by_channel {
+        return found;
+    }
     let e = extremes(x, Some(axis));
     if e.non_finite > 0 {
         return (e, Vec::new());
@@ -92,6 +105,48 @@ pub(crate) fn extremes_and_percentile_bins_per_channel(
     let hi: Vec<f32> = (0..channels).map(|c| e.abs_max(c)).collect();
     let hist = abs_histograms(x, axis, &vec![bins; channels], &hi);
     let found = hist.chunks_exact(bins).flat_map(|h| targets.iter().map(|&t| first_bin_reaching(h, t))).collect();
+    (e, found)
+}
+
+/// [`extremes_and_percentile_bins`] of one contiguous run of values.
+fn percentile_bins_of_run<T: Element>(run: &[T], bins: usize, targets: &[f32]) -> (Extremes, Vec<usize>) {
+    let view = ndarray::ArrayView1::from(run).into_dyn();
+    let (part, found) = select::extremes_and_percentile_bins(&view, bins, targets);
+    let e = Extremes { min: part.min, max: part.max, non_finite: part.non_finite };
+    if let Some(found) = found {
+        return (e, found);
+    }
+    if e.non_finite > 0 {
+        return (e, Vec::new());
+    }
+    let layout = HostLayout::Dense { data: run, outer: 1, channels: 1, inner: run.len() };
+    let hist = reduce(layout, &HistogramReducer::new(bins, e.abs_max(0))).into_counts();
+    let found = targets.iter().map(|&t| first_bin_reaching(&hist, t)).collect();
+    (e, found)
+}
+
+/// [`extremes_and_percentile_bins_per_channel`] of `channels` channels that are consecutive runs
+/// of `inner` values of `data`: each channel as a tensor of its own, the channels in parallel.
+fn percentile_bins_of_runs<T: Element>(
+    data: &[T],
+    channels: usize,
+    inner: usize,
+    bins: usize,
+    targets: &[f32],
+) -> (Extremes, Vec<usize>) {
+    let per_channel: Vec<(Extremes, Vec<usize>)> =
+        data[..channels * inner].par_chunks(inner).map(|run| percentile_bins_of_run(run, bins, targets)).collect();
+    let mut e = Extremes { min: Vec::with_capacity(channels), max: Vec::with_capacity(channels), non_finite: 0 };
+    let mut found = Vec::with_capacity(channels * targets.len());
+    for (ce, cf) in per_channel {
+        e.min.push(ce.min[0]);
+        e.max.push(ce.max[0]);
+        e.non_finite += ce.non_finite;
+        found.extend(cf);
+    }
+    if e.non_finite > 0 {
+        found.clear();
+    }
     (e, found)
 }
 

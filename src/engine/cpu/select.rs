@@ -5,7 +5,7 @@
 //! The first bin whose cumulative count reaches a target is the bin of one order statistic of
 //! `|x|` ([`DecidingRank`]). So:
 //!
-//! 1. A sample of the tensor (runs of [`RUN`] values spread over it) gives a bracket
+//! 1. A sample of the tensor (runs of consecutive values spread over it) gives a bracket
 //!    `[lo, hi]` of `|x|` that very probably holds the wanted order statistics.
 //! 2. One pass computes the extremes, counts the values below `lo` and collects those inside
 //!    the bracket (a small fraction of the tensor, capped).
@@ -25,20 +25,27 @@ use super::walk::{Reducer, reduce};
 use crate::search::percentile::{DecidingRank, deciding_rank};
 use crate::tensor::{Element, HostLayout};
 
-/// Consecutive values in one run of the sample.
-const RUN: usize = 64;
-/// Runs in the sample.
-const RUNS: usize = 1024;
-/// Tensors smaller than this use the histogram: the sample would be most of the tensor.
-pub(crate) const MIN_ELEMENTS: usize = 1 << 17;
+/// The sample: about one value in [`SAMPLE_EVERY`] of the tensor, between [`MIN_SAMPLE`] and
+/// [`MAX_SAMPLE`] values, in runs of [`LONG_RUN`] consecutive values (tensors of at least
+/// [`LONG_RUNS_FROM`] values) or [`SHORT_RUN`] (smaller ones, e.g. one channel's values: more
+/// runs make a tighter bracket).
+const SAMPLE_EVERY: usize = 16;
+const MIN_SAMPLE: usize = 4096;
+const MAX_SAMPLE: usize = 65536;
+const LONG_RUN: usize = 64;
+const SHORT_RUN: usize = 16;
+const LONG_RUNS_FROM: usize = 1 << 20;
+/// Tensors smaller than this use the histogram: the sample would be too much of the tensor.
+pub(crate) const MIN_ELEMENTS: usize = 1 << 15;
 /// The sample standard deviations the bracket adds on each side of a rank.
 const SPREAD: f64 = 6.0;
-/// Sample positions added on each side of a rank on top of [`SPREAD`] (runs are not independent
-/// values).
-const SLACK: f64 = 32.0;
+/// Sample positions added on each side of a rank on top of [`SPREAD`], as a fraction of the run
+/// length (the values of a run are not independent).
+const SLACK_PER_RUN: f64 = 0.5;
 /// The most a bracket may expect to hold, as a fraction of the tensor (a larger one, for a
-/// percentile near the middle, is not worth collecting: the histogram is used).
-const MAX_EXPECTED_FRACTION: f64 = 1.0 / 64.0;
+/// percentile near the middle, is not worth collecting: the histogram is used). The smallest
+/// samples (a channel of 2^15 to 2^16 values) need about 2% for the 99.99th percentile.
+const MAX_EXPECTED_FRACTION: f64 = 1.0 / 16.0;
 
 /// The extremes of the tensor and, when the selection succeeded, the bins of `targets`
 /// (see [`first_bin_reaching`](crate::search::percentile::first_bin_reaching)) in a histogram of
@@ -112,30 +119,47 @@ fn abs_bits(v: f32) -> u32 {
 /// from a sample of `data`; `None` when it would be too wide to be worth collecting.
 fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket> {
     let n = data.len();
-    let mut sample = Vec::with_capacity(RUN * RUNS);
+    let run = if n >= LONG_RUNS_FROM { LONG_RUN } else { SHORT_RUN };
+    let runs = (n / SAMPLE_EVERY).clamp(MIN_SAMPLE, MAX_SAMPLE) / run;
+    let slack = SLACK_PER_RUN * run as f64;
+    let mut sample = Vec::with_capacity(run * runs);
     // Run r starts in the r-th slice of the tensor, at an offset that varies from run to run, so
     // that a period in the data (a channel, a row) does not line up with the runs.
-    let slice = n / RUNS;
+    let slice = n / runs;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for r in 0..RUNS {
+    for r in 0..runs {
         state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        let room = slice.saturating_sub(RUN).max(1);
-        let start = (r * slice + (state >> 33) as usize % room).min(n - RUN);
-        sample.extend(data[start..start + RUN].iter().map(|v| abs_bits(v.to_f32())));
+        let room = slice.saturating_sub(run).max(1);
+        let start = (r * slice + (state >> 33) as usize % room).min(n - run);
+        sample.extend(data[start..start + run].iter().map(|v| abs_bits(v.to_f32())));
     }
-    sample.sort_unstable();
     let m = sample.len() as f64;
     let position = |k: u64, side: f64| {
         let q = k as f64 / n as f64;
-        q * m + side * (SPREAD * (m * q * (1.0 - q)).sqrt() + SLACK)
+        q * m + side * (SPREAD * (m * q * (1.0 - q)).sqrt() + slack)
     };
     let first = wanted.iter().map(|&k| position(k, -1.0)).fold(f64::INFINITY, f64::min);
     let last = wanted.iter().map(|&k| position(k, 1.0)).fold(f64::NEG_INFINITY, f64::max);
     if (last - first) / m > MAX_EXPECTED_FRACTION {
         return None;
     }
-    let lo = if first < 0.0 { 0 } else { sample[first as usize] };
-    let hi = if last >= m - 1.0 { u32::MAX } else { sample[last.ceil() as usize] };
+    // The two order statistics of the sample (a selection each, not a sort): the upper one
+    // first, then the lower one among the values below it.
+    let (lo_at, hi_at) = ((first >= 0.0).then_some(first as usize), (last < m - 1.0).then_some(last.ceil() as usize));
+    let mut below = &mut sample[..];
+    let hi = match hi_at {
+        Some(at) => {
+            let (smaller, &mut v, _) = below.select_nth_unstable(at);
+            below = smaller;
+            v
+        }
+        None => u32::MAX,
+    };
+    let lo = match lo_at {
+        Some(at) if at < below.len() => *below.select_nth_unstable(at).1,
+        Some(_) => hi, // both positions are the same
+        None => 0,
+    };
     // Each piece may collect its share of twice the expected count, plus some room.
     let cap_fraction = 2.0 * (last - first) / m;
     Some(Bracket { lo, hi, cap_fraction })

@@ -14,17 +14,24 @@
 
 use rayon::prelude::*;
 
-use super::{Counts, Q_FLOOR, two_sum};
+use super::{Counts, Q_FLOOR, Run, two_sum};
 use crate::engine::cpu::simd::multiversion;
 use crate::search::ln::ln;
 
 /// The divergences of the candidates `first ..= counts.h.len()`, all with `nq < first` levels.
-pub(super) fn divergences(counts: &Counts, first: usize, nq: usize) -> Vec<f64> {
+pub(super) fn divergences(counts: &Counts, first: usize, nq: usize, run: Run) -> Vec<f64> {
     let prefix = Prefix::new(counts);
-    (first..=counts.h.len())
-        .into_par_iter()
-        .map_init(Levels::default, |levels, i| candidate_levels(&prefix, i, nq, levels))
-        .collect()
+    let candidates = first..=counts.h.len();
+    match run {
+        Run::Parallel => candidates
+            .into_par_iter()
+            .map_init(Levels::default, |levels, i| candidate_levels(&prefix, i, nq, levels))
+            .collect(),
+        Run::InOrder => {
+            let mut levels = Levels::default();
+            candidates.map(|i| candidate_levels(&prefix, i, nq, &mut levels)).collect()
+        }
+    }
 }
 
 /// Levels whose sums are gathered at a time before their terms are evaluated in one vectorised
@@ -34,14 +41,14 @@ const BLOCK: usize = 256;
 /// One block of levels, laid out for a vectorised pass (reused across candidates): the bounds,
 /// and the prefix sums `[count, non-empty bins]` at each.
 struct Levels {
-    bounds: [u32; BLOCK + 1],
+    bounds: [u32; BLOCK + 16],
     count: [f64; BLOCK + 1],
     members: [f64; BLOCK + 1],
 }
 
 impl Default for Levels {
     fn default() -> Self {
-        Levels { bounds: [0; BLOCK + 1], count: [0.0; BLOCK + 1], members: [0.0; BLOCK + 1] }
+        Levels { bounds: [0; BLOCK + 16], count: [0.0; BLOCK + 1], members: [0.0; BLOCK + 1] }
     }
 }
 
@@ -67,7 +74,7 @@ impl Prefix<'_> {
         let (mut hlnh, mut hlnh_err) = (vec![0f64; n + 1], vec![0f64; n + 1]);
         for j in 0..n {
             nonzero[j + 1] = nonzero[j] + (h[j] > 0) as u64;
-            let g = if h[j] > 0 { h[j] as f64 * (h[j] as f64).ln() } else { 0.0 };
+            let g = if h[j] > 0 { h[j] as f64 * ln(h[j] as f64) } else { 0.0 };
             let (s, e) = two_sum(hlnh[j], g);
             hlnh[j + 1] = s;
             hlnh_err[j + 1] = hlnh_err[j] + e;
@@ -101,13 +108,17 @@ impl Prefix<'_> {
             // The bounds (vectorised), the prefix sums at them (scalar loads: gathers are slower
             // than loads on some CPUs), then the levels' terms (vectorised).
             let base = first as f64;
-            for (k, b) in lv.bounds.iter_mut().enumerate() {
-                // Levels past the block's end are computed and never read (a fixed trip count
+            for (k0, chunk) in lv.bounds[..(n + 1).next_multiple_of(16)].chunks_exact_mut(16).enumerate() {
+                // Bounds past the block's end are computed and never read (a fixed trip count
                 // vectorises).
-                *b = ((base + k as f64) * step).ceil() as u32;
+                for (k, b) in chunk.iter_mut().enumerate() {
+                    *b = ((base + (16 * k0 + k) as f64) * step).ceil() as u32;
+                }
             }
+            let table = &self.table[..=i];
             for k in 0..=n {
-                let [c, m] = self.table[lv.bounds[k] as usize];
+                // Bounds are at most `i` (a saturated conversion included): clamped, not checked.
+                let [c, m] = table[(lv.bounds[k] as usize).min(i)];
                 lv.count[k] = c;
                 lv.members[k] = m;
             }

@@ -49,6 +49,14 @@ pub fn threshold_index(hist: &[u64], nq: u64) -> Option<usize> {
     best_window(&div).map(|k| k + EDGE_OFFSET)
 }
 
+/// How the candidates of one search run: in parallel (one histogram), or in order on the calling
+/// thread (many histograms, which run in parallel instead). The same divergences either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Parallel,
+    InOrder,
+}
+
 /// [`threshold_index`] of every histogram in `hists` (one per channel), the channels in
 /// parallel.
 ///
@@ -60,7 +68,7 @@ pub fn threshold_index(hist: &[u64], nq: u64) -> Option<usize> {
 /// assert_eq!(found, vec![threshold_index(&a, 128), threshold_index(&b, 128), None]);
 /// ```
 pub fn threshold_indices(hists: &[&[u64]], nq: u64) -> Vec<Option<usize>> {
-    hists.par_iter().map(|h| threshold_index(h, nq)).collect()
+    hists.par_iter().map(|h| best_window(&divergences_run(h, nq, Run::InOrder)).map(|k| k + EDGE_OFFSET)).collect()
 }
 
 /// The divergence of every candidate `i = 128 ..= hist.len()` (SPEC §4 step 2); `+inf` where it
@@ -75,18 +83,23 @@ pub fn threshold_indices(hists: &[&[u64]], nq: u64) -> Vec<Option<usize>> {
 /// assert!(div.iter().all(|d| d.is_finite()));
 /// ```
 pub fn divergences(hist: &[u64], nq: u64) -> Vec<f64> {
+    divergences_run(hist, nq, Run::Parallel)
+}
+
+/// [`divergences`], the candidates run as `run` says.
+fn divergences_run(hist: &[u64], nq: u64, run: Run) -> Vec<f64> {
     let Some(counts) = Counts::new(hist) else { return Vec::new() };
     let len = hist.len();
     // Candidates up to `nq` have one level per bin; the others have `nq` levels of several bins.
     let last_per_bin = usize::try_from(nq).map_or(len, |nq| nq.min(len));
     let mut div = Vec::with_capacity(len + 1 - START_BIN);
     if last_per_bin >= START_BIN {
-        div.extend(per_bin::divergences(&counts, START_BIN, last_per_bin));
+        div.extend(per_bin::divergences(&counts, START_BIN, last_per_bin, run));
     }
     let first_levels = (last_per_bin + 1).max(START_BIN);
     if first_levels <= len {
         // `nq < len` here, so `nq` fits a usize.
-        div.extend(levels::divergences(&counts, first_levels, nq as usize));
+        div.extend(levels::divergences(&counts, first_levels, nq as usize, run));
     }
     div
 }

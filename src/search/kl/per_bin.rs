@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::{Counts, Q_FLOOR, two_sum};
+use super::{Counts, Q_FLOOR, Run, two_sum};
 use crate::search::ln::ln_1p;
 
 /// Terms of the series of `h ln(1 + a/h)` in `a/h`.
@@ -36,15 +36,18 @@ const LARGE: f64 = 64.0;
 const MIN_RUN: usize = 256;
 
 /// The divergences of the candidates `first ..= last` (`last <= nq`, `last <= h.len()`).
-pub(super) fn divergences(counts: &Counts, first: usize, last: usize) -> Vec<f64> {
+pub(super) fn divergences(counts: &Counts, first: usize, last: usize, run: Run) -> Vec<f64> {
     let tables = Tables::new(counts, last);
+    if run == Run::InOrder {
+        return tables.sweep(counts, first, last);
+    }
     let n = last + 1 - first;
-    let run = n.div_ceil(64).max(MIN_RUN);
+    let per_task = n.div_ceil(64).max(MIN_RUN);
     let runs: Vec<Vec<f64>> = (first..=last)
-        .step_by(run)
+        .step_by(per_task)
         .collect::<Vec<_>>()
         .into_par_iter()
-        .map(|start| tables.sweep(counts, start, (start + run - 1).min(last)))
+        .map(|start| tables.sweep(counts, start, (start + per_task - 1).min(last)))
         .collect();
     runs.concat()
 }
