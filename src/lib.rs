@@ -77,5 +77,6 @@ pub use input::Input;
 pub use observer::{
     KlObserver, MinMaxObserver, MixObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
     MseObserver, Observer, ObserverConfig, ObserverKind, ObserverSpec, ObserverState, PercentileObserver, QParams,
+    observe_all, qparams_all,
 };
 pub use tensor::{Element, TensorView};

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
-use qcalib::sync::{NcclGroup, ProcessGroup, ReduceOp, Rendezvous, SingleRank, TcpGroup, ThreadGroup, probe_nccl};
+use qcalib::sync::{
+    NcclGroup, ProcessGroup, ReduceOp, Rendezvous, SingleRank, StoreRole, TcpGroup, ThreadGroup, probe_nccl,
+};
 use qcalib::{KlConfig, KlObserver, Observer, ObserverKind, ObserverSpec, QuantConfig};
 
 use common::random_values;
@@ -120,6 +122,7 @@ fn rendezvous(rank: usize, world: usize, port: u16, timeout: Duration) -> Rendez
         master_addr: "127.0.0.1".into(),
         master_port: port,
         timeout,
+        store: StoreRole::RankZero,
     }
 }
 
@@ -297,7 +300,7 @@ fn different_channel_counts_fail_on_every_rank() {
         obs.qparams().unwrap_err().to_string()
     });
     for e in &results {
-        assert!(e.contains("different channel counts (2 to 3)"), "{e}");
+        assert!(e.contains("different channel counts (2 to 3; rank 0: 2, rank 1: 3)"), "{e}");
     }
 }
 
