@@ -3,7 +3,7 @@
 //! `torch.distributed.TCPStore` server.
 
 use std::fmt;
-use std::io::{self, BufReader, ErrorKind, Write};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::limits::{MAX_KEYS_PER_REQUEST, MAX_VALUE_LEN};
 use super::protocol::{
     Message, READY, STOP_WAITING, VALIDATION_MAGIC, WAIT_CANCELED, query, read_bytes, read_i64, read_u8, read_u32,
+    read_u64,
 };
 use crate::error::{Error, Result};
 
@@ -70,9 +71,11 @@ impl TcpStore {
     /// wait of [`TcpStore::get`] and [`TcpStore::wait`].
     pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStore> {
         let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match try_connect(addr, deadline) {
-                Ok(stream) => break stream,
+        loop {
+            // A store that is not up yet, or that closes the connection before it is validated
+            // (busy with other new connections), is tried again until the deadline.
+            match try_connect(addr, deadline).and_then(|stream| TcpStore::validate(addr, stream, timeout)) {
+                Ok(store) => return Ok(store),
                 Err(why) if Instant::now() + CONNECT_RETRY >= deadline => {
                     return Err(Error::Sync(format!(
                         "could not reach the store at {addr} within {:.1} s: {why}",
@@ -81,8 +84,12 @@ impl TcpStore {
                 }
                 Err(_) => std::thread::sleep(CONNECT_RETRY),
             }
-        };
-        let io = |e: io::Error| Error::Sync(format!("the connection to the store at {addr}: {e}"));
+        }
+    }
+
+    /// The handshake and a ping on a new connection.
+    fn validate(addr: &str, stream: TcpStream, timeout: Duration) -> Result<TcpStore, String> {
+        let io = |e: io::Error| e.to_string();
         stream.set_nodelay(true).map_err(io)?;
         stream.set_write_timeout(Some(timeout + ANSWER_GRACE)).map_err(io)?;
         let reader = BufReader::new(stream.try_clone().map_err(io)?);
@@ -93,8 +100,9 @@ impl TcpStore {
             timeout,
             conn: Mutex::new(Conn { reader, writer: stream, broken: None }),
         };
-        store.session()?.send(&Message::query(query::VALIDATE).u32(VALIDATION_MAGIC))?;
-        store.ping()?;
+        let text = |e: Error| e.to_string();
+        store.session().map_err(text)?.send(&Message::query(query::VALIDATE).u32(VALIDATION_MAGIC)).map_err(text)?;
+        store.ping().map_err(text)?;
         Ok(store)
     }
 
@@ -335,6 +343,28 @@ impl Session<'_> {
     pub(crate) fn read_value(&mut self, max: usize) -> Result<Vec<u8>> {
         self.expect_within(self.store.timeout + ANSWER_GRACE)?;
         read_bytes(&mut self.conn.reader, max, "a value", &mut |_| Ok(())).map_err(|e| self.lost(e))
+    }
+
+    /// A value written by a peer, expected to hold at most `max` bytes: `Ok(Err(len))` when it
+    /// announces more (its bytes are read and dropped, up to the 8 MiB any store holds, so that
+    /// the connection stays usable and nothing is allocated for them).
+    pub(crate) fn read_peer_value(&mut self, max: usize) -> Result<std::result::Result<Vec<u8>, u64>> {
+        self.expect_within(self.store.timeout + ANSWER_GRACE)?;
+        let len = read_u64(&mut self.conn.reader).map_err(|e| self.lost(e))?;
+        if len > MAX_VALUE_LEN as u64 {
+            return Err(self.broken(format!("a value of {len} bytes announced: not a TCPStore")));
+        }
+        if len > max as u64 {
+            let skipped =
+                io::copy(&mut (&mut self.conn.reader).take(len), &mut io::sink()).map_err(|e| self.lost(e))?;
+            if skipped != len {
+                return Err(self.lost(ErrorKind::UnexpectedEof.into()));
+            }
+            return Ok(Err(len));
+        }
+        let mut v = vec![0u8; len as usize];
+        self.conn.reader.read_exact(&mut v).map_err(|e| self.lost(e))?;
+        Ok(Ok(v))
     }
 
     /// The answer to a `WAIT` just sent: `true` when it came within `timeout`; otherwise the

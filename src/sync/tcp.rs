@@ -79,6 +79,8 @@ pub struct TcpGroup {
     ns: String,
     progress: Mutex<Progress>,
     heartbeat: Option<Heartbeat>,
+    /// Whether every rank has joined (else rank 0 does not wait for the others at its end).
+    joined: bool,
     /// Rank 0's store; dropped last.
     server: Option<StoreServer>,
 }
@@ -162,7 +164,7 @@ impl TcpGroup {
             )));
         }
         let heartbeat = Heartbeat::start(open()?, format!("{ns}alive/{rank}"))?;
-        let group = TcpGroup {
+        let mut group = TcpGroup {
             rank,
             world,
             timeout,
@@ -170,9 +172,11 @@ impl TcpGroup {
             ns,
             progress: Mutex::new(Progress::default()),
             heartbeat: Some(heartbeat),
+            joined: false,
             server,
         };
         group.join().inspect_err(|e| group.lock().broken = Some(e.to_string()))?;
+        group.joined = true;
         Ok(group)
     }
 
@@ -264,12 +268,30 @@ impl TcpGroup {
         }
     }
 
-    /// The values of `keys` (set: the caller has waited), each at most `max(index)` bytes.
+    /// The values of `keys` (set: the caller has waited), each at most `max(index)` bytes: a
+    /// longer one is an error naming the rank that wrote it (and is not kept in memory).
     fn get_bounded(&self, keys: &[(usize, String)], max: impl Fn(usize) -> usize) -> Result<Vec<Vec<u8>>> {
         let wire: Vec<Vec<u8>> = keys.iter().map(|(_, k)| self.store.wire_key(k)).collect();
         let mut s = self.store.session()?;
         s.send(&Message::query(query::MULTI_GET).keys(&wire))?;
-        (0..wire.len()).map(|i| s.read_value(max(i))).collect()
+        let mut values = Vec::with_capacity(keys.len());
+        let mut oversized = None;
+        for (i, (r, k)) in keys.iter().enumerate() {
+            match s.read_peer_value(max(i))? {
+                Ok(v) => values.push(v),
+                Err(len) => {
+                    oversized.get_or_insert((*r, k.clone(), len, max(i)));
+                    values.push(Vec::new());
+                }
+            }
+        }
+        match oversized {
+            None => Ok(values),
+            Some((r, k, len, max)) => Err(Error::Sync(format!(
+                "rank {r} wrote {len} bytes under {k}, where at most {max} can belong there; the ranks do not run the \
+                 same collectives, or something else writes qcalib's keys in this store"
+            ))),
+        }
     }
 
     fn all_reduce(&self, part: Payload) -> Result<Outcome> {
@@ -301,7 +323,6 @@ impl TcpGroup {
         bytes.push(DATA);
         bytes.extend(part.to_bytes());
         let pieces: Vec<&[u8]> = bytes.chunks(CHUNK_LEN).collect();
-        let total = bytes.len();
 
         // Set our pieces, and forget our part of collective `seq - 2` (every rank has completed
         // `seq - 1`, so has read it), in one write.
@@ -375,9 +396,6 @@ impl TcpGroup {
         }
         let mut theirs = Vec::with_capacity(others.len());
         for (bytes, &r) in received.iter().zip(&others) {
-            if bytes.len() != total {
-                return Err(self.mismatch(seq, r, part, &format!("{} bytes", bytes.len())));
-            }
             theirs.push(Payload::from_bytes(&bytes[1..], part).map_err(|what| self.mismatch(seq, r, part, &what))?);
         }
         let mut parts: Vec<&Payload> = theirs.iter().collect();
@@ -439,7 +457,7 @@ impl Drop for TcpGroup {
     /// reason); rank 0, when it serves the store, keeps it up until the other ranks are done
     /// with it (at most the timeout, and not for ranks that are gone).
     fn drop(&mut self) {
-        if self.say_goodbye().is_ok() && self.server.is_some() {
+        if self.say_goodbye().is_ok() && self.server.is_some() && self.joined {
             let ends: Vec<(usize, String)> =
                 (0..self.world).filter(|&r| r != self.rank).map(|r| (r, self.key(&format!("end/{r}")))).collect();
             let _ = self.await_keys(&ends);
