@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -408,7 +408,7 @@ sys.stdin.readline()
 // ---------------------------------------------------------------- torchrun
 
 fn torchrun(dir: &Path, args: &[&str], worker: &str) -> Output {
-    let o = Command::new("python3")
+    Command::new("python3")
         .args(["-m", "torch.distributed.run"])
         .args(args)
         .args(["--no-python", "bash", "-c", worker])
@@ -417,8 +417,7 @@ fn torchrun(dir: &Path, args: &[&str], worker: &str) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .unwrap();
-    o
+        .unwrap()
 }
 
 #[test]
@@ -526,10 +525,4 @@ fn a_rank_that_fails_under_torchrun_ends_the_job_and_is_named() {
     let text = stderr(&o);
     assert!(text.contains(": 1 (local_rank: 1)") && text.contains("exitcode"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
-}
-
-/// The address a store at `port` on loopback has (for messages).
-#[allow(dead_code)]
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }

@@ -1,21 +1,6 @@
 //! The group of ranks in separate processes, on one machine or several, that exchange their
 //! statistics through a TCP store speaking PyTorch's protocol: rank 0's own
 //! [`StoreServer`], or the store a `torchrun` agent serves.
-//!
-//! The keys, under the store's prefix (none, or `/worker/attempt_{N}` for torchrun's store):
-//!
-//! | key | value | written by |
-//! |---|---|---|
-//! | `qcalib/runs/{rank}` | the number of qcalib runs this rank has finished on this store (a counter) | each rank, at its end |
-//! | `qcalib/{run}/claim/{rank}` | a counter: 1, or more when two processes have the same `RANK` | each rank, at its start |
-//! | `qcalib/{run}/alive/{rank}` | the rank's heartbeat (a counter, +1 a second) | each rank's heartbeat thread |
-//! | `qcalib/{run}/join/{rank}` | the rank's `WORLD_SIZE` (decimal) | each rank, when it joins |
-//! | `qcalib/{run}/ar/{seq}/{rank}/{piece}` | the rank's part of collective `seq`, in pieces of at most 4 MiB; or, in piece 0, why the rank stopped | each rank; deleted by it two collectives later |
-//! | `qcalib/{run}/end/{rank}` | empty: the rank is done with the store | each rank, at its end |
-//!
-//! `{run}` is the value of `qcalib/runs/{rank}` when the run starts (0 for the first), so that a
-//! second qcalib run on the same store (a worker script that calls qcalib twice) meets the
-//! other ranks' second run, not the keys of the first.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -52,7 +37,22 @@ const MAX_REASON: usize = 4096;
 /// or else the [`StoreServer`] rank 0 serves on `MASTER_PORT`. Each collective is an exchange
 /// through it: each rank sets its part under a key of the collective, waits for the other
 /// ranks' keys, and combines all parts in rank order (so that every rank computes identical
-/// results). See the [module documentation](self) for every key qcalib writes.
+/// results).
+///
+/// The keys, under the store's prefix (none, or `/worker/attempt_{N}` for torchrun's store):
+///
+/// | key | value | written by |
+/// |---|---|---|
+/// | `qcalib/runs/{rank}` | the number of qcalib runs this rank has finished on this store (a counter) | each rank, at its end |
+/// | `qcalib/{run}/claim/{rank}` | a counter: 1, or more when two processes have the same `RANK` | each rank, at its start |
+/// | `qcalib/{run}/alive/{rank}` | the rank's heartbeat (a counter, +1 a second) | each rank's heartbeat thread |
+/// | `qcalib/{run}/join/{rank}` | the rank's `WORLD_SIZE` (decimal) | each rank, when it joins |
+/// | `qcalib/{run}/ar/{seq}/{rank}/{piece}` | the rank's part of collective `seq`, in pieces of at most 4 MiB; or, in piece 0, why the rank stopped | each rank; deleted by it two collectives later |
+/// | `qcalib/{run}/end/{rank}` | empty: the rank is done with the store | each rank, at its end |
+///
+/// `{run}` is the value of `qcalib/runs/{rank}` when the run starts (0 for the first), so that a
+/// second qcalib run on the same store (a worker script that calls qcalib twice) meets the
+/// other ranks' second run, not the keys of the first.
 ///
 /// Joining waits until every rank has come; a rank missing after the timeout makes the others
 /// fail with an error naming it. During the run, a rank whose process ends (a kill, a crash) is
