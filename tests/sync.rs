@@ -6,6 +6,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
@@ -452,6 +453,147 @@ fn sync_histograms_needs_is_sync_quantize_and_the_same_settings_everywhere() {
     for e in &results {
         assert!(e.contains("update_interval"), "{e}");
     }
+}
+
+// ---------------------------------------------------------------- many observers, one bucket
+
+/// A group that has only the plain all-reduces, as NCCL: its buckets take the default path.
+#[derive(Debug)]
+struct PlainAllReduces(ThreadGroup);
+
+impl ProcessGroup for PlainAllReduces {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> qcalib::Result<()> {
+        self.0.all_reduce_f32(data, op)
+    }
+    fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> qcalib::Result<()> {
+        self.0.all_reduce_u64(data, op)
+    }
+}
+
+/// Counts the collectives of a group: buckets and plain all-reduces.
+#[derive(Debug)]
+struct Counting {
+    inner: Box<dyn ProcessGroup>,
+    buckets: AtomicUsize,
+    plain: AtomicUsize,
+}
+
+impl Counting {
+    fn new(inner: Box<dyn ProcessGroup>) -> Self {
+        Counting { inner, buckets: AtomicUsize::new(0), plain: AtomicUsize::new(0) }
+    }
+    fn counts(&self) -> (usize, usize) {
+        (self.buckets.load(Ordering::SeqCst), self.plain.load(Ordering::SeqCst))
+    }
+}
+
+impl ProcessGroup for Counting {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> qcalib::Result<()> {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.all_reduce_f32(data, op)
+    }
+    fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> qcalib::Result<()> {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.all_reduce_u64(data, op)
+    }
+    fn all_reduce_bucket(&self, parts: &[Contribution]) -> qcalib::Result<Vec<qcalib::sync::Reduced>> {
+        self.buckets.fetch_add(1, Ordering::SeqCst);
+        self.inner.all_reduce_bucket(parts)
+    }
+}
+
+/// The KL observers of `tensors` tensors on every rank, observed over `kl_steps` through
+/// `observe_all` and `qparams_all`; returns every rank's windows and qparams, and the collectives
+/// rank 0 ran.
+fn many_kl(
+    world: usize,
+    tensors: usize,
+    plain: bool,
+) -> (Vec<(Vec<qcalib::observer::KlWindow>, Vec<qcalib::QParams>)>, (usize, usize)) {
+    let steps = kl_steps(world);
+    let results = on_threads(world, PATIENT, |rank, g| {
+        let inner: Box<dyn ProcessGroup> = if plain { Box::new(PlainAllReduces(g)) } else { Box::new(g) };
+        let group = Arc::new(Counting::new(inner));
+        let mut observers: Vec<KlObserver> = (0..tensors)
+            .map(|_| {
+                let mut o = KlObserver::new(kl_config(3, true)).unwrap();
+                o.set_process_group(group.clone());
+                o
+            })
+            .collect();
+        for batches in &steps {
+            // Tensor t sees the batch scaled by (1 + t / 8): every tensor its own range.
+            let scaled: Vec<Vec<f32>> =
+                (0..tensors).map(|t| batches[rank].iter().map(|x| x * (1.0 + t as f32 / 8.0)).collect()).collect();
+            let inputs: Vec<qcalib::Input<'_>> = scaled.iter().map(|v| qcalib::Input::from(&v[..])).collect();
+            let outcomes = qcalib::observe_all(&mut observers.iter_mut().collect::<Vec<_>>(), &inputs).unwrap();
+            assert!(outcomes.iter().all(Result::is_ok));
+        }
+        let q: Vec<qcalib::QParams> = qcalib::qparams_all(&mut observers.iter_mut().collect::<Vec<_>>())
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        (observers.iter().map(|o| o.window().clone()).collect::<Vec<_>>(), q, group.counts())
+    });
+    let counts = results[0].2;
+    (results.into_iter().map(|(w, q, _)| (w, q)).collect(), counts)
+}
+
+#[test]
+fn many_observers_share_one_collective_per_round_and_give_what_each_gives_alone() {
+    let (world, tensors) = (3, 24);
+    let steps = kl_steps(world);
+    let (results, (buckets, plain)) = many_kl(world, tensors, false);
+    // Two rounds per step for all 24 tensors (one at the first step: its batches are zeros, no
+    // histogram is due), two for the qparams; no plain all-reduce.
+    let rounds = 2 * steps.len() - 1 + 2;
+    assert_eq!((buckets, plain), (rounds, 0));
+    // Each tensor as one observer alone on the concatenation of its batches.
+    for t in [0, 17, tensors - 1] {
+        let mut one = KlObserver::new(kl_config(3, false)).unwrap();
+        for batches in &steps {
+            let all: Vec<f32> = batches.concat().iter().map(|x| x * (1.0 + t as f32 / 8.0)).collect();
+            one.observe(&all).unwrap();
+        }
+        for (rank, (windows, q)) in results.iter().enumerate() {
+            assert_eq!(&windows[t], one.window(), "tensor {t}, rank {rank}");
+            assert_eq!(q[t], one.qparams().unwrap(), "tensor {t}, rank {rank}");
+        }
+    }
+    // The path of groups with only plain all-reduces (NCCL's) gives the same bits, in at most
+    // five all-reduces per round.
+    let (plain_results, (buckets, plain)) = many_kl(world, tensors, true);
+    assert_eq!(plain_results, results);
+    assert_eq!(buckets, rounds);
+    assert!(plain <= 5 * buckets, "{plain} all-reduces for {buckets} buckets");
+}
+
+#[test]
+fn the_plain_all_reduce_path_names_a_peer_with_invalid_values() {
+    let mut ranks = ThreadGroup::with_timeout(2, Duration::from_secs(10)).unwrap();
+    let one = PlainAllReduces(ranks.pop().unwrap());
+    let zero = PlainAllReduces(ranks.pop().unwrap());
+    let errors = std::thread::scope(|s| {
+        let h =
+            s.spawn(move || one.all_reduce_bucket(&[Contribution { maxs: vec![f32::INFINITY], ..Default::default() }]));
+        let e0 = zero.all_reduce_bucket(&[Contribution { maxs: vec![1.0], ..Default::default() }]).unwrap_err();
+        (e0.to_string(), h.join().unwrap().unwrap_err().to_string())
+    });
+    assert!(errors.0.contains("rank 1 sent invalid values"), "{}", errors.0);
+    assert!(errors.1.contains("rank 1 sent invalid values (part 0)"), "{}", errors.1);
 }
 
 // ---------------------------------------------------------------- hostile or broken peers

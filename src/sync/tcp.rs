@@ -39,7 +39,8 @@ const MAX_REASON: usize = 4096;
 /// ranks' keys, and combines all parts in rank order (so that every rank computes identical
 /// results).
 ///
-/// The keys, under the store's prefix (none, or `/worker/attempt_{N}` for torchrun's store):
+/// The keys, as a Python `TCPStore` client names them, under the store's prefix (none, or
+/// `/worker/attempt_{N}` for torchrun's store, as Python's `PrefixStore` joins them):
 ///
 /// | key | value | written by |
 /// |---|---|---|
@@ -79,8 +80,6 @@ pub struct TcpGroup {
     ns: String,
     progress: Mutex<Progress>,
     heartbeat: Option<Heartbeat>,
-    /// Whether every rank has joined (else rank 0 does not wait for the others at its end).
-    joined: bool,
     /// Rank 0's store; dropped last.
     server: Option<StoreServer>,
 }
@@ -164,7 +163,7 @@ impl TcpGroup {
             )));
         }
         let heartbeat = Heartbeat::start(open()?, format!("{ns}alive/{rank}"))?;
-        let mut group = TcpGroup {
+        let group = TcpGroup {
             rank,
             world,
             timeout,
@@ -172,11 +171,9 @@ impl TcpGroup {
             ns,
             progress: Mutex::new(Progress::default()),
             heartbeat: Some(heartbeat),
-            joined: false,
             server,
         };
         group.join().inspect_err(|e| group.lock().broken = Some(e.to_string()))?;
-        group.joined = true;
         Ok(group)
     }
 
@@ -216,6 +213,17 @@ impl TcpGroup {
             }
         }
         Ok(())
+    }
+
+    /// The other ranks that have come (set their join key).
+    fn ranks_that_came(&self) -> Result<Vec<usize>> {
+        let mut came = Vec::new();
+        for r in (0..self.world).filter(|&r| r != self.rank) {
+            if self.store.check(&[&self.key(&format!("join/{r}"))])? {
+                came.push(r);
+            }
+        }
+        Ok(came)
     }
 
     /// The error text for a rank whose heartbeat stopped.
@@ -454,13 +462,17 @@ impl TcpGroup {
 
 impl Drop for TcpGroup {
     /// The rank says goodbye (so that ranks still waiting for it fail at once, with its
-    /// reason); rank 0, when it serves the store, keeps it up until the other ranks are done
-    /// with it (at most the timeout, and not for ranks that are gone).
+    /// reason); rank 0, when it serves the store, keeps it up until the other ranks that came
+    /// are done with it (at most the timeout, and not for ranks that are gone).
     fn drop(&mut self) {
-        if self.say_goodbye().is_ok() && self.server.is_some() && self.joined {
-            let ends: Vec<(usize, String)> =
-                (0..self.world).filter(|&r| r != self.rank).map(|r| (r, self.key(&format!("end/{r}")))).collect();
-            let _ = self.await_keys(&ends);
+        if self.say_goodbye().is_ok()
+            && self.server.is_some()
+            && let Ok(came) = self.ranks_that_came()
+        {
+            let ends: Vec<(usize, String)> = came.into_iter().map(|r| (r, self.key(&format!("end/{r}")))).collect();
+            if !ends.is_empty() {
+                let _ = self.await_keys(&ends);
+            }
         }
         self.heartbeat.take();
     }
