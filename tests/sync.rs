@@ -514,14 +514,13 @@ impl ProcessGroup for Counting {
     }
 }
 
+/// Every rank's KL windows and qparams, one per tensor.
+type RankResults = Vec<(Vec<qcalib::observer::KlWindow>, Vec<qcalib::QParams>)>;
+
 /// The KL observers of `tensors` tensors on every rank, observed over `kl_steps` through
 /// `observe_all` and `qparams_all`; returns every rank's windows and qparams, and the collectives
 /// rank 0 ran.
-fn many_kl(
-    world: usize,
-    tensors: usize,
-    plain: bool,
-) -> (Vec<(Vec<qcalib::observer::KlWindow>, Vec<qcalib::QParams>)>, (usize, usize)) {
+fn many_kl(world: usize, tensors: usize, plain: bool) -> (RankResults, (usize, usize)) {
     let steps = kl_steps(world);
     let results = on_threads(world, PATIENT, |rank, g| {
         let inner: Box<dyn ProcessGroup> = if plain { Box::new(PlainAllReduces(g)) } else { Box::new(g) };
