@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Runs the README's torchrun recipes verbatim and checks what they print.
 
-Every ```sh block after a `<!-- ci: torchrun-cpu -->` line of README.md runs as it is, with bash,
+Every ```sh block after a `<!-- ci: torchrun-cpu -->` line of README.md (with `--cuda`, instead,
+every block after a `<!-- ci: torchrun-cuda -->` line: on a machine with a GPU and NCCL, or on the
+software GPU of scripts/softgpu-env.sh, sourced before) runs as it is, with bash,
 in a fresh folder holding shard0/ .. shard3/ of .npy batches, with `qcalib` (target/release) and
 `torchrun` on PATH and HOST=127.0.0.1. A block after `<!-- ci: torchrun-cpu 2 nodes -->` is the
 command of every node of a two-node job: it runs twice at once (two agents on loopback). Every
@@ -9,7 +11,7 @@ rank's qparams file (qparams$RANK.json) must hold the qparams the same ranks giv
 with the plain variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
 Usage (from the repository root, after `cargo build --release`):
-    scripts/readme-torchrun.py [README.md] [WORKDIR]
+    scripts/readme-torchrun.py [--cuda] [README.md] [WORKDIR]
 """
 
 import json
@@ -56,12 +58,16 @@ def plain_launch(folder, world, env):
 
 
 def main():
-    readme = sys.argv[1] if len(sys.argv) > 1 else "README.md"
-    work = sys.argv[2] if len(sys.argv) > 2 else "target/readme-torchrun"
+    args = sys.argv[1:]
+    cuda = "--cuda" in args
+    args = [a for a in args if a != "--cuda"]
+    readme = args[0] if args else "README.md"
+    work = args[1] if len(args) > 1 else "target/readme-torchrun"
     text = open(readme).read()
-    blocks = re.findall(r"<!-- ci: torchrun-cpu( 2 nodes)? -->\s*```sh\n(.*?)```", text, re.S)
-    if len(blocks) < 2:
-        sys.exit(f"the README has {len(blocks)} torchrun-cpu recipe(s); expected the single-node and the multi-node one")
+    blocks = re.findall(r"<!-- ci: torchrun-(cpu|cuda)( 2 nodes)? -->\s*```sh\n(.*?)```", text, re.S)
+    if sum(kind == "cpu" for kind, _, _ in blocks) < 2 or (cuda and not any(kind == "cuda" for kind, _, _ in blocks)):
+        sys.exit(f"the README's recipes are not all there: {[(k, n) for k, n, _ in blocks]}")
+    blocks = [(n, script) for kind, n, script in blocks if (kind == "cuda") == cuda]
     release = os.path.abspath("target/release")
     env = dict(os.environ, PATH=f"{release}:{os.environ['PATH']}", HOST="127.0.0.1")
     for i, (two_nodes, script) in enumerate(blocks):
