@@ -144,7 +144,8 @@ fn stderr_on_a_full_disk_still_fails_without_a_panic() {
 
 /// `name` with an escape sequence that colours the terminal and a newline that would forge an
 /// output line.
-const HOSTILE: &str = "act\x1b[31mRED\nfake: min-max qint8 per_tensor_symmetric [-128, 127] on cpu, 9 batch(es)\u{202e}";
+const HOSTILE: &str =
+    "act\x1b[31mRED\nfake: min-max qint8 per_tensor_symmetric [-128, 127] on cpu, 9 batch(es)\u{202e}";
 
 fn hostile_safetensors(path: &Path) {
     use safetensors::tensor::{Dtype, TensorView};
@@ -198,7 +199,8 @@ fn control_characters_in_names_are_escaped_in_text_but_kept_in_json() {
     // As the state file's name too.
     let state = dir.join("state\x1b[31m.json");
     std::fs::write(&state, "{").unwrap();
-    let o = Command::new(BIN).args(["calibrate", "--observer", "min-max", "--state"]).arg(&state).arg(&f).output().unwrap();
+    let o =
+        Command::new(BIN).args(["calibrate", "--observer", "min-max", "--state"]).arg(&state).arg(&f).output().unwrap();
     assert!(!o.status.success());
     assert!(!has_raw_controls(&o.stderr), "{:?}", String::from_utf8_lossy(&o.stderr));
 }

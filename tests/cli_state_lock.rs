@@ -165,7 +165,8 @@ fn temporaries_of_killed_runs_are_ignored_and_removed() {
     // What a run killed between writing its temporary and renaming it leaves: an older qcalib's
     // fixed name, and this one's unique names. A lock file of a killed run (not locked).
     for stale in [".calib.json.tmp", ".calib.json.999999.0.tmp", ".calib.json.12.7.tmp"] {
-        std::fs::write(dir.join(stale), "{\"format\": \"qcalib-calibrate-state\", \"version\": 1, \"garbage\"").unwrap();
+        std::fs::write(dir.join(stale), "{\"format\": \"qcalib-calibrate-state\", \"version\": 1, \"garbage\"")
+            .unwrap();
     }
     std::fs::write(dir.join(".calib.json.lock"), "999999\n").unwrap();
     // Not a temporary of this state: left alone.

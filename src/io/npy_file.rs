@@ -38,6 +38,14 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Stored, String> {
         // Versions 1.0 and 2.0 are latin-1: every byte is the character of its value.
         Cow::Owned(raw.iter().map(|&b| b as char).collect())
     };
+    // numpy refuses longer headers unless told to trust the file (`max_header_size`).
+    const NUMPY_MAX_HEADER: usize = 10_000;
+    let chars = text.chars().count();
+    if chars > NUMPY_MAX_HEADER {
+        return Err(format!(
+            "the .npy header holds {chars} characters, more than the {NUMPY_MAX_HEADER} numpy reads by default"
+        ));
+    }
     let h = npy_header::parse(&text, major < 3).map_err(|e| format!("the .npy header is not one numpy reads: {e}"))?;
     let dtype = match h.descr.as_str() {
         "<f4" | "=f4" => ElementType::F32,
