@@ -117,6 +117,19 @@ fn the_window_follows_from_the_batches() {
     assert!(ObserverState::from_json(&empty.to_string()).is_ok());
 }
 
+/// Found by the fuzzer: parameters outside their domain were read, and failed only when the
+/// state was loaded.
+#[test]
+fn parameters_outside_their_domain_are_refused_naming_them() {
+    let good = kl_in_a_window();
+    let mut v = good.clone();
+    v["config"]["averaging_constant"] = json!(1.01);
+    assert!(refused(&v).contains("`config`: invalid configuration: `averaging_constant` 1.01 is outside [0, 1]"));
+    let mut v = good.clone();
+    v["config"]["bins"] = json!(156);
+    assert!(refused(&v).contains("`bins` 156 is less than 256"));
+}
+
 #[test]
 fn statistics_need_their_batches() {
     let mut mm = MinMaxObserver::new(QuantConfig::default()).unwrap();

@@ -47,6 +47,8 @@
 //! and every contradiction between the contents and the configuration that can be checked
 //! without the batches ([`ObserverState::validate`]):
 //!
+//! - a configuration no observer takes (a parameter outside its domain, e.g. KL `bins` below
+//!   256 or an `averaging_constant` above 1);
 //! - `min_val` and `max_val` of different lengths, several values for a per-tensor observer,
 //!   non-finite values;
 //! - statistics without the batches that make them (`batches` is 0, or for KL fewer than
@@ -254,6 +256,8 @@ impl ObserverState {
     /// The checks are listed in the [module documentation](self); each error names the field.
     pub fn validate(&self) -> Result<()> {
         self.check_format()?;
+        // Every parameter in its domain: the observer's own checks, as building it runs them.
+        self.config.build().map_err(|e| Error::State(format!("`config`: {e}")))?;
         let bad = |what: String| Err(Error::State(what));
         if self.min_val.len() != self.max_val.len() {
             return bad(format!("`min_val` has {} value(s) but `max_val` {}", self.min_val.len(), self.max_val.len()));
