@@ -19,7 +19,7 @@ use qcalib::{Device, Error, Observer, ObserverSpec, TensorView};
 use crate::CalibrateArgs;
 use crate::report::Report;
 
-/// One rank's run: join, observe in steps, print the (common) qparams.
+/// One rank's run: join, observe in steps, and give the (common) qparams to print.
 pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<Report, String> {
     // `--device cuda` ranks reduce through NCCL; the others (cpu, auto) through the TCP store.
     let nccl = matches!(args.device, Device::Cuda(_));
