@@ -28,6 +28,7 @@ struct Run {
 }
 
 /// Runs qcalib with `args` (stdout discarded) and measures the child alone (`wait4`).
+#[allow(clippy::zombie_processes, reason = "the child is reaped by wait4, which also gives its resource usage")]
 fn run(args: &[&str]) -> Run {
     let start = Instant::now();
     let child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();

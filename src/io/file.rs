@@ -5,12 +5,21 @@ use std::io::Read;
 use std::path::Path;
 
 /// The bytes of a batch file.
-#[derive(Debug)]
 pub(crate) enum Bytes {
     /// Read into memory.
     Read(Vec<u8>),
     /// Memory-mapped (read-only, shared with the page cache).
     Mapped(memmap2::Mmap),
+}
+
+impl std::fmt::Debug for Bytes {
+    /// The kind and the length (not the bytes).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bytes::Read(v) => write!(f, "Read({} bytes)", v.len()),
+            Bytes::Mapped(m) => write!(f, "Mapped({} bytes)", m.len()),
+        }
+    }
 }
 
 impl Bytes {
