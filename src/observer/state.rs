@@ -130,7 +130,8 @@ struct Fields {
 impl TryFrom<Value> for ObserverState {
     type Error = Error;
 
-    /// Reads a state and checks it ([`ObserverState::validate`]).
+    /// Reads a state and checks it: its configuration (every parameter in its domain, by the
+    /// checks of the observer's constructor) and its contents ([`ObserverState::validate`]).
     fn try_from(value: Value) -> Result<Self> {
         check_header(&value)?;
         let f: Fields =
@@ -144,6 +145,9 @@ impl TryFrom<Value> for ObserverState {
             max_val: f.max_val,
             kl_window: f.kl_window,
         };
+        // Building the observer runs its own checks of the parameters (a state written by qcalib
+        // has a configuration an observer was built with; one read may not).
+        state.config.build().map_err(|e| Error::State(format!("`config`: {e}")))?;
         state.validate()?;
         Ok(state)
     }
@@ -256,8 +260,6 @@ impl ObserverState {
     /// The checks are listed in the [module documentation](self); each error names the field.
     pub fn validate(&self) -> Result<()> {
         self.check_format()?;
-        // Every parameter in its domain: the observer's own checks, as building it runs them.
-        self.config.build().map_err(|e| Error::State(format!("`config`: {e}")))?;
         let bad = |what: String| Err(Error::State(what));
         if self.min_val.len() != self.max_val.len() {
             return bad(format!("`min_val` has {} value(s) but `max_val` {}", self.min_val.len(), self.max_val.len()));

@@ -84,7 +84,10 @@ impl StateFile {
     pub fn read(path: &Path) -> Result<StateFile, String> {
         let at = |e: String| format!("state file {}: {e}", path.display());
         let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
-        let value: Value = parse_json_strict(&text).map_err(|e| at(e.to_string()))?;
+        let value: Value = parse_json_strict(&text).map_err(|e| match e {
+            qcalib::Error::State(m) => at(m),
+            e => at(e.to_string()),
+        })?;
         if value.get("format").and_then(Value::as_str) != Some(Self::FORMAT) {
             return Err(at(format!("not a qcalib calibration state (expected \"format\": {:?})", Self::FORMAT)));
         }
