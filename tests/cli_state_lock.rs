@@ -178,3 +178,45 @@ fn temporaries_of_killed_runs_are_ignored_and_removed() {
     got["last_file"] = Value::Null;
     assert_eq!(got, want);
 }
+
+/// A state file edited into a contradiction is refused naming the field, and left as it is: the
+/// issue's cases (a KL top edge of 3.4e38, a repeated key, `min_val` 100 with `max_val` -100
+/// after one batch) and more observer batches than files.
+#[test]
+fn an_edited_state_file_is_refused_naming_the_field() {
+    let dir = scratch("edited");
+    let files = batches(&dir, 2, 1 << 12);
+    let kl = dir.join("kl.json");
+    // One batch of a window of 3: the window holds that batch's histogram.
+    assert!(!run(KL, &kl, &files[..1]).status.success());
+    let mm = dir.join("mm.json");
+    assert!(run(MIN_MAX, &mm, &files[..1]).status.success());
+    type Edit = fn(&mut Value);
+    let cases: [(&Path, &[&str], &str, Edit); 4] = [
+        (&kl, KL, "the top edge `edges[2048]` 340000000000000000000000000000000000000", |v| {
+            v["tensor"]["kl_window"]["edges"][2048] = serde_json::json!(3.4e38)
+        }),
+        (&mm, MIN_MAX, "`min_val[0]` 100 is greater than `max_val[0]` -100", |v| {
+            v["tensor"]["min_val"][0] = serde_json::json!(100.0);
+            v["tensor"]["max_val"][0] = serde_json::json!(-100.0);
+        }),
+        (&mm, MIN_MAX, "`batches` 1 is more than `files_observed` 0", |v| v["files_observed"] = serde_json::json!(0)),
+        (&mm, MIN_MAX, "duplicate key \"batches\"", |_| {}),
+    ];
+    for (state, options, needle, edit) in cases {
+        let good = std::fs::read_to_string(state).unwrap();
+        let mut v: Value = serde_json::from_str(&good).unwrap();
+        edit(&mut v);
+        let mut text = v.to_string();
+        if needle.starts_with("duplicate") {
+            text = text.replacen("\"batches\":1", "\"batches\":1,\"batches\":1", 1);
+        }
+        std::fs::write(state, &text).unwrap();
+        let o = run(options, state, &files[1..]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{needle}: {err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert_eq!(std::fs::read_to_string(state).unwrap(), text, "{needle}: the state changed");
+        std::fs::write(state, good).unwrap();
+    }
+}
