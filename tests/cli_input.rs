@@ -193,4 +193,5 @@ fn a_large_batch_takes_about_its_size_in_memory() {
             size >> 20
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
