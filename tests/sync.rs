@@ -617,7 +617,7 @@ mod processes {
         assert!(start.elapsed() < PATIENT);
     }
 
-    /// Starts 3 ranks where rank `victim`'s second batch is large (64 MB of zeros, a sparse file),
+    /// Starts 3 ranks where rank `victim`'s second batch is large (128 MB of zeros, a sparse file),
     /// kills it while it observes that batch (the file is memory-mapped then, so
     /// `/proc/PID/maps` names it; the other ranks are waiting for it), and returns the other
     /// ranks' outputs and how long they took. (Batch files must be regular files: a named pipe
@@ -629,7 +629,7 @@ mod processes {
         write_npy(&a, &[1.0, -2.0]);
         write_npy(&b, &[3.0, -1.0]);
         let large = dir.join("large.npy");
-        let elements = 16usize << 20;
+        let elements = 32usize << 20;
         let prefix = npy_prefix(elements);
         std::fs::write(&large, &prefix).unwrap();
         std::fs::OpenOptions::new()
