@@ -81,4 +81,4 @@ pub use observer::{
     MseObserver, Observer, ObserverConfig, ObserverKind, ObserverSpec, ObserverState, PercentileObserver, QParams,
     observe_all, qparams_all,
 };
-pub use tensor::{Element, TensorView};
+pub use tensor::{Element, OwnedTensor, TensorView};

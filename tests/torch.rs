@@ -58,8 +58,9 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-fn write_npy(path: &Path, values: &[f32]) {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", values.len());
+/// The magic, version, length and header of a `.npy` file of `len` f32 values.
+fn npy_prefix(len: usize) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({len},), }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -67,8 +68,22 @@ fn write_npy(path: &Path, values: &[f32]) {
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     bytes.extend((header.len() as u16).to_le_bytes());
     bytes.extend(header.as_bytes());
+    bytes
+}
+
+fn write_npy(path: &Path, values: &[f32]) {
+    let mut bytes = npy_prefix(values.len());
     bytes.extend(values.iter().flat_map(|x| x.to_le_bytes()));
     std::fs::write(path, bytes).unwrap();
+}
+
+/// A batch of 128 MB of zeros (a sparse file): long enough to observe that a rank can be killed
+/// while it does (its `/proc/PID/maps` names the file then).
+fn write_large_npy(path: &Path) {
+    let elements = 32usize << 20;
+    let prefix = npy_prefix(elements);
+    std::fs::write(path, &prefix).unwrap();
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len((prefix.len() + 4 * elements) as u64).unwrap();
 }
 
 fn stderr(o: &Output) -> String {
@@ -349,11 +364,8 @@ fn a_killed_rank_on_a_store_python_serves_is_named_by_the_others() {
     }
     let dir = scratch("agent-kill");
     write_npy(&dir.join("a.npy"), &[1.0, -2.0]);
-    let fifo = dir.join("fifo.npy");
-    if !Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: mkfifo is not available");
-        return;
-    }
+    let large = dir.join("large.npy");
+    write_large_npy(&large);
     let script = r#"
 import sys, datetime
 from torch.distributed import TCPStore
@@ -390,12 +402,15 @@ sys.stdin.readline()
     };
     let start = Instant::now();
     let survivor = spawn(0, &dir.join("a.npy"));
-    let mut victim = spawn(1, &fifo);
-    // Opening the pipe for writing returns once the victim opens it (after step 1).
-    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut victim = spawn(1, &large);
+    // Killed while it observes its large second batch (the survivor waits for it then).
+    let maps = format!("/proc/{}/maps", victim.id());
+    while !std::fs::read_to_string(&maps).is_ok_and(|m| m.contains("large.npy")) {
+        assert!(start.elapsed() < PATIENT, "the victim never mapped its large batch");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     victim.kill().unwrap();
     let _ = victim.wait();
-    drop(writer);
     let o = survivor.wait_with_output().unwrap();
     let took = start.elapsed();
     server.stdin.take().unwrap().write_all(b"\n").unwrap();
@@ -498,11 +513,10 @@ fn a_rank_that_fails_under_torchrun_ends_the_job_and_is_named() {
     }
     let dir = scratch("torchrun-fail");
     shards(&dir, 2, 2);
-    // Rank 1 is killed (SIGKILL) while it waits for its second batch (a pipe nobody writes);
-    // torchrun's agent then stops rank 0 and names rank 1 in its report, well within qcalib's
-    // timeout.
-    assert!(Command::new("mkfifo").arg(dir.join("never.npy")).status().unwrap().success());
-    let worker = r#"if [ "$RANK" = 1 ]; then "$QCALIB" calibrate --observer kl --is-sync-quantize --device cpu shard1/b0.npy never.npy & pid=$!; sleep 2; kill -9 $pid; wait $pid; exit 137; else exec "$QCALIB" calibrate --observer kl --is-sync-quantize --device cpu shard0/b0.npy shard0/b1.npy; fi"#;
+    // Rank 1 is killed (SIGKILL) while it observes its large second batch; torchrun's agent then
+    // stops rank 0 and names rank 1 in its report, well within qcalib's timeout.
+    write_large_npy(&dir.join("large.npy"));
+    let worker = r#"if [ "$RANK" = 1 ]; then "$QCALIB" calibrate --observer kl --is-sync-quantize --device cpu shard1/b0.npy large.npy & pid=$!; while ! grep -qs large.npy /proc/$pid/maps; do sleep 0.001; done; kill -9 $pid; wait $pid; exit 137; else exec "$QCALIB" calibrate --observer kl --is-sync-quantize --device cpu shard0/b0.npy shard0/b1.npy; fi"#;
     let start = Instant::now();
     let o = Command::new("python3")
         .args([

@@ -12,15 +12,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use qcalib::io::{Batch, OwnedTensor, read_batch};
+use qcalib::io::Tensors;
 use qcalib::sync::{NcclGroup, ProcessGroup, ReduceOp, Rendezvous};
 use qcalib::{Device, Error, Input, Observer, ObserverSpec, TensorView, observe_all, qparams_all};
 
 use crate::CalibrateArgs;
 use crate::report::Report;
 
-/// One rank's run: join, observe in steps, print the (common) qparams.
-pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<(), String> {
+/// One rank's run: join, observe in steps, and give the (common) qparams to print.
+pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<Report, String> {
     // `--device cuda` ranks reduce through NCCL; the others (cpu, auto) through the TCP store.
     let nccl = matches!(args.device, Device::Cuda(_));
     let device = match rank_device(args.device, rv) {
@@ -70,12 +70,16 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
             None => e,
         };
         // Read, and agree that every rank holds the same tensors.
-        let batch = path.map(|p| read_batch(p).map_err(|e| e.to_string())).transpose();
+        let file = path.map(|p| crate::batch_file::open(p)).transpose();
+        let batch = file
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|f| f.as_ref().map(|b| b.tensors().map_err(|e| e.to_string())).transpose());
         let layout = batch.as_ref().map_err(Clone::clone).and_then(|b| match b {
-            Some(Batch::Single(_)) if !named.is_empty() => Err(at("a .npy batch among .safetensors batches".into())),
-            Some(Batch::Named(_)) if single.is_some() => Err(at("a .safetensors batch among .npy batches".into())),
-            Some(Batch::Single(_)) => Ok(layout_of(None)),
-            Some(Batch::Named(tensors)) => Ok(layout_of(Some(tensors.iter().map(|(n, _)| n.as_str()).collect()))),
+            Some(Tensors::Single(_)) if !named.is_empty() => Err(at("a .npy batch among .safetensors batches".into())),
+            Some(Tensors::Named(_)) if single.is_some() => Err(at("a .safetensors batch among .npy batches".into())),
+            Some(Tensors::Single(_)) => Ok(layout_of(None)),
+            Some(Tensors::Named(tensors)) => Ok(layout_of(Some(tensors.iter().map(|(n, _)| *n).collect()))),
             None if single.is_some() => Ok(layout_of(None)),
             None => Ok(layout_of(Some(named.keys().map(String::as_str).collect()))),
         });
@@ -84,17 +88,17 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
         // Observe every tensor (a rank without a file observes nothing, together with the
         // others): the KL observers of --sync-histograms in two collectives for all tensors.
         let observed = batch.and_then(|batch| {
-            let tensors: Vec<(String, OwnedTensor)> = match batch {
-                Some(Batch::Single(t)) => {
+            let tensors: Vec<(&str, TensorView<'_>)> = match batch {
+                Some(Tensors::Single(t)) => {
                     if single.is_none() {
                         single = Some(new_observer()?);
                     }
-                    vec![(String::new(), t)]
+                    vec![("", t)]
                 }
-                Some(Batch::Named(tensors)) => {
+                Some(Tensors::Named(tensors)) => {
                     for (name, _) in &tensors {
-                        if !named.contains_key(name) {
-                            named.insert(name.clone(), new_observer()?);
+                        if !named.contains_key(*name) {
+                            named.insert(name.to_string(), new_observer()?);
                         }
                     }
                     tensors
@@ -124,8 +128,7 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
         }
     }
 
-    Report::of(single, named)?.print(args.format);
-    Ok(())
+    Report::of(single, named)
 }
 
 /// Observes one step's tensors (`.npy`: the one tensor, named `""`) with their observers, every
@@ -134,16 +137,16 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
 fn observe_step(
     single: &mut Option<Box<dyn Observer>>,
     named: &mut BTreeMap<String, Box<dyn Observer>>,
-    tensors: &[(String, OwnedTensor)],
+    tensors: &[(&str, TensorView<'_>)],
     at: &impl Fn(String) -> String,
 ) -> Result<(), String> {
-    let by_name: BTreeMap<&str, &OwnedTensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let by_name: BTreeMap<&str, &TensorView<'_>> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     let nothing: &[f32] = &[];
     let names: Vec<Option<String>> = single.iter().map(|_| None).chain(named.keys().cloned().map(Some)).collect();
     let inputs: Vec<Input<'_>> = names
         .iter()
         .map(|name| match by_name.get(name.as_deref().unwrap_or("")) {
-            Some(t) => Input::Host(t.view()),
+            Some(t) => Input::Host((*t).clone()),
             None => Input::Host(TensorView::from(nothing)),
         })
         .collect();
