@@ -12,15 +12,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use qcalib::io::{Batch, read_batch};
+use qcalib::io::Tensors;
 use qcalib::sync::{NcclGroup, ProcessGroup, ReduceOp, Rendezvous};
-use qcalib::{Device, Error, Observer, ObserverSpec, TensorView};
+use qcalib::{Device, Error, Input, Observer, ObserverSpec, TensorView, observe_all, qparams_all};
 
 use crate::CalibrateArgs;
 use crate::report::Report;
 
-/// One rank's run: join, observe in steps, print the (common) qparams.
-pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<(), String> {
+/// One rank's run: join, observe in steps, and give the (common) qparams to print.
+pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<Report, String> {
     // `--device cuda` ranks reduce through NCCL; the others (cpu, auto) through the TCP store.
     let nccl = matches!(args.device, Device::Cuda(_));
     let device = match rank_device(args.device, rv) {
@@ -70,43 +70,53 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
             None => e,
         };
         // Read, and agree that every rank holds the same tensors.
-        let batch = path.map(|p| read_batch(p).map_err(|e| e.to_string())).transpose();
+        let file = path.map(|p| crate::batch_file::open(p)).transpose();
+        let batch = file
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|f| f.as_ref().map(|b| b.tensors().map_err(|e| e.to_string())).transpose());
         let layout = batch.as_ref().map_err(Clone::clone).and_then(|b| match b {
-            Some(Batch::Single(_)) if !named.is_empty() => Err(at("a .npy batch among .safetensors batches".into())),
-            Some(Batch::Named(_)) if single.is_some() => Err(at("a .safetensors batch among .npy batches".into())),
-            Some(Batch::Single(_)) => Ok(layout_of(None)),
-            Some(Batch::Named(tensors)) => Ok(layout_of(Some(tensors.iter().map(|(n, _)| n.as_str()).collect()))),
+            Some(Tensors::Single(_)) if !named.is_empty() => Err(at("a .npy batch among .safetensors batches".into())),
+            Some(Tensors::Named(_)) if single.is_some() => Err(at("a .safetensors batch among .npy batches".into())),
+            Some(Tensors::Single(_)) => Ok(layout_of(None)),
+            Some(Tensors::Named(tensors)) => Ok(layout_of(Some(tensors.iter().map(|(n, _)| *n).collect()))),
             None if single.is_some() => Ok(layout_of(None)),
             None => Ok(layout_of(Some(named.keys().map(String::as_str).collect()))),
         });
         ranks.agree(step, "read its batch", layout)?;
 
-        // Observe (a rank without a file observes nothing, together with the others).
-        let observed = (|| -> Result<(), String> {
-            match batch? {
-                Some(Batch::Single(t)) => {
-                    let obs = match &mut single {
-                        Some(o) => o,
-                        None => single.insert(new_observer()?),
-                    };
-                    obs.observe_tensor(&t.view()).map_err(|e| at(e.to_string()))
-                }
-                Some(Batch::Named(tensors)) => crate::calibrate::observe_named(&mut named, tensors, &new_observer, &at),
-                None => {
-                    let nothing = TensorView::from(&[] as &[f32]);
-                    for obs in single.iter_mut().chain(named.values_mut()) {
-                        obs.observe_tensor(&nothing).map_err(|e| e.to_string())?;
+        // Observe every tensor (a rank without a file observes nothing, together with the
+        // others): the KL observers of --sync-histograms in two collectives for all tensors.
+        let observed = batch.and_then(|batch| {
+            let tensors: Vec<(&str, TensorView<'_>)> = match batch {
+                Some(Tensors::Single(t)) => {
+                    if single.is_none() {
+                        single = Some(new_observer()?);
                     }
-                    Ok(())
+                    vec![("", t)]
                 }
-            }
-        })();
+                Some(Tensors::Named(tensors)) => {
+                    for (name, _) in &tensors {
+                        if !named.contains_key(*name) {
+                            named.insert(name.to_string(), new_observer()?);
+                        }
+                    }
+                    tensors
+                }
+                None => Vec::new(),
+            };
+            observe_step(&mut single, &mut named, &tensors, &at)
+        });
         ranks.agree(step, "observe its batch", observed.map(|()| 0))?;
 
-        // The qparams after every batch: the statistics become the ranks' common ones.
-        let observers = single.iter_mut().map(|o| (None, o)).chain(named.iter_mut().map(|(n, o)| (Some(n), o)));
-        for (name, obs) in observers {
-            match obs.qparams() {
+        // The qparams after every batch: the statistics become the ranks' common ones, for all
+        // tensors in two collectives.
+        let names: Vec<Option<String>> = single.iter().map(|_| None).chain(named.keys().cloned().map(Some)).collect();
+        let mut observers: Vec<&mut dyn Observer> =
+            single.iter_mut().chain(named.values_mut()).map(|o| o.as_mut()).collect();
+        let outcomes = qparams_all(&mut observers).map_err(|e| e.to_string())?;
+        for (name, outcome) in names.into_iter().zip(outcomes) {
+            match outcome {
                 Ok(_) | Err(Error::NoStatistics(_)) => {}
                 Err(e) => {
                     return Err(match name {
@@ -118,7 +128,37 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
         }
     }
 
-    Report::of(single, named)?.print(args.format);
+    Report::of(single, named)
+}
+
+/// Observes one step's tensors (`.npy`: the one tensor, named `""`) with their observers, every
+/// observer taking part (an empty tensor where this rank has none), in one call so that the
+/// synchronised observers share their collectives.
+fn observe_step(
+    single: &mut Option<Box<dyn Observer>>,
+    named: &mut BTreeMap<String, Box<dyn Observer>>,
+    tensors: &[(&str, TensorView<'_>)],
+    at: &impl Fn(String) -> String,
+) -> Result<(), String> {
+    let by_name: BTreeMap<&str, &TensorView<'_>> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let nothing: &[f32] = &[];
+    let names: Vec<Option<String>> = single.iter().map(|_| None).chain(named.keys().cloned().map(Some)).collect();
+    let inputs: Vec<Input<'_>> = names
+        .iter()
+        .map(|name| match by_name.get(name.as_deref().unwrap_or("")) {
+            Some(t) => Input::Host((*t).clone()),
+            None => Input::Host(TensorView::from(nothing)),
+        })
+        .collect();
+    let mut observers: Vec<&mut dyn Observer> =
+        single.iter_mut().chain(named.values_mut()).map(|o| o.as_mut()).collect();
+    let outcomes = observe_all(&mut observers, &inputs).map_err(|e| e.to_string())?;
+    for (name, outcome) in names.iter().zip(outcomes) {
+        outcome.map_err(|e| match name {
+            Some(n) => at(format!("tensor {n:?}: {e}")),
+            None => at(e.to_string()),
+        })?;
+    }
     Ok(())
 }
 
