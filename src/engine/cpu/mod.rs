@@ -102,10 +102,36 @@ pub(crate) fn extremes_and_percentile_bins_per_channel(
         return (e, Vec::new());
     }
     let channels = e.min.len();
+    // Channels of fewer values than bins: each channel's values gathered and selected from costs
+    // less than a histogram per channel.
+    if x.len() / channels.max(1) < bins {
+        let found = with_view!(x, v => bins_by_gathering(v, axis, &e, bins, targets));
+        return (e, found);
+    }
     let hi: Vec<f32> = (0..channels).map(|c| e.abs_max(c)).collect();
     let hist = abs_histograms(x, axis, &vec![bins; channels], &hi);
     let found = hist.chunks_exact(bins).flat_map(|h| targets.iter().map(|&t| first_bin_reaching(h, t))).collect();
     (e, found)
+}
+
+/// The percentile bins of every channel along `axis` (finite, with the extremes `e`), each
+/// channel's `|x|` gathered and selected from ([`select::bins_of_all_values`]).
+fn bins_by_gathering<T: Element>(
+    v: &ndarray::ArrayViewD<'_, T>,
+    axis: usize,
+    e: &Extremes,
+    bins: usize,
+    targets: &[f32],
+) -> Vec<usize> {
+    let per_channel: Vec<Vec<usize>> = (0..e.min.len())
+        .into_par_iter()
+        .map(|c| {
+            let mut values: Vec<u32> =
+                v.index_axis(ndarray::Axis(axis), c).iter().map(|x| select::abs_bits(x.to_f32())).collect();
+            select::bins_of_all_values(&mut values, e.abs_max(c), bins, targets)
+        })
+        .collect();
+    per_channel.concat()
 }
 
 /// [`extremes_and_percentile_bins`] of one contiguous run of values.

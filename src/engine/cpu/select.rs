@@ -109,9 +109,39 @@ fn bins_of_ranks(e: &ExtremesPart, mut found: Found, bins: usize, ranks: &[Decid
         .collect()
 }
 
+/// The bins of `targets` in a histogram of `bins` bins on `[0, range]` of the values whose `|v|`
+/// bits are `values` (all of them, finite, `range` their largest): by selection of the deciding
+/// order statistics, or (where `range * bins` overflows and the bin rule is not monotone) by
+/// counting. For channels with fewer values than bins, where this costs less than a histogram.
+pub(crate) fn bins_of_all_values(values: &mut [u32], range: f32, bins: usize, targets: &[f32]) -> Vec<usize> {
+    let n = values.len() as u64;
+    let (bins_f, top, nb) = (bins as f32, bins.saturating_sub(1) as f32, bins as u32);
+    if range > 0.0 && !(range * bins_f).is_finite() {
+        let mut counts = vec![0u64; bins];
+        for &b in values.iter() {
+            let i = bin_of(f32::from_bits(b), bins_f, top, range, nb) as usize;
+            if i < bins {
+                counts[i] += 1;
+            }
+        }
+        return targets.iter().map(|&t| crate::search::percentile::first_bin_reaching(&counts, t)).collect();
+    }
+    targets
+        .iter()
+        .map(|&t| match deciding_rank(t, n) {
+            DecidingRank::FirstBin => 0,
+            DecidingRank::NoBin => bins,
+            DecidingRank::Rank(k) => {
+                let (_, &mut bits, _) = values.select_nth_unstable(k as usize - 1);
+                if range > 0.0 { bin_of(f32::from_bits(bits), bins_f, top, range, nb) as usize } else { 0 }
+            }
+        })
+        .collect()
+}
+
 /// The bits of `|v|`: for finite values, ordered as the values.
 #[inline(always)]
-fn abs_bits(v: f32) -> u32 {
+pub(crate) fn abs_bits(v: f32) -> u32 {
     v.to_bits() & 0x7fff_ffff
 }
 
