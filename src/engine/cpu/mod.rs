@@ -4,6 +4,7 @@ mod fake_quant;
 mod histogram;
 mod min_max;
 mod select;
+mod select_rows;
 pub(crate) mod simd;
 mod walk;
 pub(crate) mod widen;
@@ -88,9 +89,16 @@ pub(crate) fn extremes_and_percentile_bins_per_channel(
 ) -> (Extremes, Vec<usize>) {
     // Channels that are one contiguous run each (channels outermost): every channel as a tensor
     // of its own, by selection where it applies.
+    // Channels innermost (rows of one value per channel): by selection with a bracket per
+    // channel, in one pass over the rows.
     let by_channel = with_view!(x, v => match HostLayout::new(v, Some(axis)) {
         HostLayout::Dense { data, outer: 1, channels, inner } if channels > 1 && inner >= select::MIN_ELEMENTS => {
             Some(percentile_bins_of_runs(data, channels, inner, bins, targets))
+        }
+        HostLayout::Dense { data, outer, channels, inner: 1 } if channels > 1 && outer >= select_rows::MIN_ROWS => {
+            select_rows::extremes_and_percentile_bins_of_rows(data, outer, channels, bins, targets).map(|(e, found)| {
+                (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, found)
+            })
         }
         _ => None,
     });
