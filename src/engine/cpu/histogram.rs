@@ -263,12 +263,16 @@ impl HistogramPart {
             let ch = self.channel(c);
             let stride = copy_stride(ch.bins);
             let dst = &mut self.counts[ch.offset..][..ch.bins];
-            for copy in self.scratch.chunks_exact(stride) {
-                for (d, &s) in dst.iter_mut().zip(copy) {
-                    *d += s as u64;
+            // Only the counters a value can reach (the bins and the slot of what is outside) are
+            // ever non-zero: they are added and zeroed in one pass.
+            for copy in self.scratch.chunks_exact_mut(stride) {
+                let (used, outside) = copy[..=ch.bins].split_at_mut(ch.bins);
+                for (d, s) in dst.iter_mut().zip(used.iter_mut()) {
+                    *d += *s as u64;
+                    *s = 0;
                 }
+                outside[0] = 0;
             }
-            self.scratch.iter_mut().for_each(|s| *s = 0);
             self.scratch_values = 0;
         }
     }

@@ -9,10 +9,10 @@ pub(crate) mod simd;
 mod walk;
 pub(crate) mod widen;
 
-use crate::engine::Extremes;
-use crate::search::percentile::first_bin_reaching;
 use rayon::prelude::*;
 
+use crate::engine::Extremes;
+use crate::search::percentile::first_bin_reaching;
 use crate::tensor::{Element, HostLayout, TensorView, with_view};
 
 use fake_quant::FakeQuantReducer;
@@ -87,14 +87,14 @@ pub(crate) fn extremes_and_percentile_bins_per_channel(
     bins: usize,
     targets: &[f32],
 ) -> (Extremes, Vec<usize>) {
-    // Channels that are one contiguous run each (channels outermost): every channel as a tensor
-    // of its own, by selection where it applies.
-    // Channels innermost (rows of one value per channel): by selection with a bracket per
-    // channel, in one pass over the rows.
     let by_channel = with_view!(x, v => match HostLayout::new(v, Some(axis)) {
+        // Channels that are one contiguous run each (channels outermost): every channel as a
+        // tensor of its own, by selection where it applies.
         HostLayout::Dense { data, outer: 1, channels, inner } if channels > 1 && inner >= select::MIN_ELEMENTS => {
             Some(percentile_bins_of_runs(data, channels, inner, bins, targets))
         }
+        // Channels innermost (rows of one value per channel): by selection with a bracket per
+        // channel, in one pass over the rows.
         HostLayout::Dense { data, outer, channels, inner: 1 } if channels > 1 && outer >= select_rows::MIN_ROWS => {
             select_rows::extremes_and_percentile_bins_of_rows(data, outer, channels, bins, targets).map(|(e, found)| {
                 (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, found)

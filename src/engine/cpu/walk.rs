@@ -179,8 +179,10 @@ fn reduce_rows<T: Element, R: Reducer>(data: &[T], outer: usize, channels: usize
 /// the block's columns of a few rows at a time into rows of `block` values.
 fn reduce_columns<T: Element, R: Reducer>(data: &[T], outer: usize, channels: usize, block: usize, r: &R) -> R::Part {
     let blocks = channels.div_ceil(block);
-    // Row pieces per block: enough tasks to balance threads when there are few blocks.
-    let k = pieces(outer * block.min(channels), r.part_bytes(block)).min(outer).min(MAX_PIECES.div_ceil(blocks)).max(1);
+    // Row pieces per block: enough tasks to balance threads when there are few blocks, within the
+    // budget for the parts of all blocks together (every part is alive until the merge).
+    let k =
+        pieces(outer * block.min(channels), r.part_bytes(channels)).min(outer).min(MAX_PIECES.div_ceil(blocks)).max(1);
     let rows_per = outer.div_ceil(k).max(1);
     let tasks: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..k).map(move |p| (b, p))).collect();
     let parts: Vec<R::Part> = tasks
