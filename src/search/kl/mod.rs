@@ -4,10 +4,10 @@
 //! quadratic in the number of bins. Here the candidates run in parallel, and each costs far less
 //! than its bins:
 //!
-//! - a candidate with more source bins than quantized levels (`i > nq`, [`levels`]) sums its
+//! - a candidate with more source bins than quantized levels (`i > nq`) sums its
 //!   levels from prefix sums over the bins (exact integer prefix sums for the counts, compensated
 //!   ones for `h ln h`): one logarithm per level instead of one per bin;
-//! - a candidate with `i <= nq`, where every non-empty bin is a level of its own ([`per_bin`]),
+//! - a candidate with `i <= nq`, where every non-empty bin is a level of its own,
 //!   costs a few prefix-table reads: its divergence is a closed form in the counts below and
 //!   above the cut, plus `sum h ln(1 + 1e-10 B / h)` over its bins, a series in prefix sums of
 //!   `1/h^m` for the bins with large counts and a sum over the few distinct small counts.
