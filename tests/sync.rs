@@ -689,6 +689,38 @@ fn non_finite_values_from_a_peer_are_refused_naming_it() {
 }
 
 #[test]
+fn a_peer_whose_histogram_does_not_count_its_batch_is_refused() {
+    // A peer that said its batch held 100 values and sent a histogram of 2^40 counts changed
+    // every rank's KL scale, exit 0.
+    let bins = KlConfig::default().bins;
+    for (claimed, counts) in [(100u64, 1u64 << 40), (100, 99), (0, 1)] {
+        let e = against(
+            |g| {
+                let mut obs = KlObserver::new(kl_config(1, true)).unwrap();
+                obs.set_process_group(Arc::new(g));
+                let e = obs.observe(&random_values(100, 1)).unwrap_err().to_string();
+                assert_eq!(obs.window(), &qcalib::observer::KlWindow::default(), "the state is unchanged");
+                e
+            },
+            |g| {
+                let header = Contribution {
+                    maxs: vec![0.5],
+                    checks: vec![bins as u64, 1, 0, 0],
+                    gathered: vec![claimed, 0, 0],
+                    ..Default::default()
+                };
+                let _ = g.all_reduce_bucket(&[header]);
+                let mut sums = vec![0u64; bins];
+                sums[0] = counts;
+                let _ = g.all_reduce_bucket(&[Contribution { sums, gathered: vec![0], ..Default::default() }]);
+            },
+        );
+        let held = format!("hold {}", 100 + claimed);
+        assert!(e.contains("the summed histograms count") && e.contains(&held), "{claimed} {counts}: {e}");
+    }
+}
+
+#[test]
 fn a_peer_writing_junk_into_the_store_is_named_and_costs_nothing() {
     for junk_len in [7usize, 1 << 20] {
         let port = free_port();
