@@ -751,6 +751,34 @@ fn a_peer_writing_junk_into_the_store_is_named_and_costs_nothing() {
 }
 
 #[test]
+fn rank_0_does_not_linger_for_a_rank_it_saw_leave() {
+    // Rank 0 named the rank whose heartbeat stopped, then waited for it once more (another 6 s
+    // of heartbeat watching) before its store could close.
+    let port = free_port();
+    std::thread::scope(|s| {
+        let zero = s.spawn(move || {
+            let g = rendezvous(0, 2, port, Duration::from_secs(60)).connect().unwrap();
+            let e = g.all_reduce_u64(&mut [1, 2], ReduceOp::Sum).unwrap_err().to_string();
+            assert!(e.contains("rank 1 left"), "{e}");
+            let start = Instant::now();
+            drop(g);
+            start.elapsed()
+        });
+        // Rank 1 joins by the book, beats twice, and is gone.
+        let store = qcalib::sync::TcpStore::connect(&format!("127.0.0.1:{port}"), PATIENT).unwrap();
+        store.add("qcalib/runs/1", 0).unwrap();
+        store.add("qcalib/0/claim/1", 1).unwrap();
+        store.add("qcalib/0/alive/1", 1).unwrap();
+        store.set("qcalib/0/join/1", b"2").unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        store.add("qcalib/0/alive/1", 1).unwrap();
+        drop(store);
+        let dropping = zero.join().unwrap();
+        assert!(dropping < Duration::from_secs(3), "rank 0 waited {dropping:?} for a rank it knew was gone");
+    });
+}
+
+#[test]
 fn the_store_closes_junk_connections_and_caps_those_in_their_handshake() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
