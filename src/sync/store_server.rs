@@ -597,7 +597,7 @@ mod tests {
     fn the_keys_of_pending_waits_count_against_the_capacity() {
         // Each connection could hold a WAIT of up to 1 GiB of keys, none of it counted.
         let server = StoreServer::serve_with_capacity("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
-        let keys = |c: u8| -> Vec<Vec<u8>> { (0..80u8).map(|i| vec![c, i].repeat(4096)).collect() }; // 640 KiB
+        let keys = |c: u8| -> Vec<Vec<u8>> { (0..80u8).map(|i| [c, i].repeat(4096)).collect() }; // 640 KiB
         let mut first = connect(&server);
         first.write_all(&Message::query(query::WAIT).keys(&keys(1)).0).unwrap();
         ping(&mut first); // the wait is registered
