@@ -245,6 +245,23 @@ impl SyncTask for SyncedChannels<'_, '_> {
                 if summed.sums.len() != total {
                     return Err(Error::Sync("the summed histograms have another length".into()));
                 }
+                // Each channel's histogram counts every value of the channel whose range covers
+                // the agreed largest |x| (the others: at most every value).
+                let mut at = 0;
+                for (c, plan) in plans.iter().enumerate() {
+                    let Some((b, hi)) = *plan else { continue };
+                    let counted = summed.sums[at..at + b].iter().try_fold(0u64, |acc, &s| acc.checked_add(s));
+                    at += b;
+                    let plausible =
+                        counted.is_some_and(|n| if hi >= amax[c] { n == values as u64 } else { n <= values as u64 });
+                    if !plausible {
+                        return Err(Error::Sync(format!(
+                            "the summed histograms of channel {c} count {} values where the ranks' batches hold {values}: \
+                             a rank sent histograms that do not match its batch; the KL state is unchanged on every rank",
+                            counted.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+                        )));
+                    }
+                }
                 let obs = &mut *self.obs;
                 let mut windows =
                     if obs.channels.is_empty() { vec![KlWindow::default(); plans.len()] } else { obs.channels.clone() };
