@@ -68,9 +68,9 @@ impl Fault {
     pub fn cuda_error(&self) -> u32 {
         match self.kind {
             FaultKind::IllegalAddress | FaultKind::UninitializedShared => 700, // CUDA_ERROR_ILLEGAL_ADDRESS
-            FaultKind::MisalignedAddress => 716,                                // CUDA_ERROR_MISALIGNED_ADDRESS
-            FaultKind::BarrierDivergence | FaultKind::ShuffleMask => 715,       // CUDA_ERROR_ILLEGAL_INSTRUCTION
-            FaultKind::InvalidLaunch => 1,                                      // CUDA_ERROR_INVALID_VALUE
+            FaultKind::MisalignedAddress => 716,                               // CUDA_ERROR_MISALIGNED_ADDRESS
+            FaultKind::BarrierDivergence | FaultKind::ShuffleMask => 715,      // CUDA_ERROR_ILLEGAL_INSTRUCTION
+            FaultKind::InvalidLaunch => 1,                                     // CUDA_ERROR_INVALID_VALUE
         }
     }
 }
