@@ -14,6 +14,7 @@
 pub(crate) mod cpu;
 pub(crate) mod cuda;
 mod device;
+mod lazy;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use half::{bf16, f16};
 use ndarray::ArrayD;
 
 pub use device::Device;
+pub(crate) use lazy::LazyEngine;
 
 use crate::error::{Error, Result};
 use crate::input::Input;

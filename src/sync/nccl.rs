@@ -316,7 +316,7 @@ fn reduce_on_device<T: NcclType + DeviceRepr>(
     };
     let mut buf = stream.clone_htod(data).map_err(|e| format!("upload: {e}"))?;
     comm.all_reduce_in_place(&mut buf, &op).map_err(|e| format!("ncclAllReduce: {}", nccl_error_text(&e)))?;
-    stream.clone_dtoh(&buf).map_err(|e| format!("download: {e}"))
+    crate::engine::cuda::read_back(stream, &buf).map_err(|e| format!("download: {e}"))
 }
 
 impl fmt::Debug for NcclGroup {

@@ -30,6 +30,9 @@ pub fn check(function: &Function, g: &Geometry) -> Result<(), CUresult> {
             return Err(invalid);
         }
     }
+    if function.kernel.required_block().is_some_and(|req| req != g.block) {
+        return Err(invalid); // `.reqntid`
+    }
     let threads = u64::from(g.block[0]) * u64::from(g.block[1]) * u64::from(g.block[2]);
     if threads > u64::from(MAX_THREADS_PER_BLOCK) {
         return Err(invalid);
