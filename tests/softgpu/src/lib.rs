@@ -6,8 +6,7 @@
 //!
 //! Layers, as in a real driver:
 //!
-//! - [`api`](crate::api) (private): the exported C functions (`cu*`, `nccl*`), their argument
-//!   checks and error codes;
+//! - [`api`]: the exported C functions (`cu*`, `nccl*`), their argument checks and error codes;
 //! - [`device`]: devices and primary contexts, the memory table, streams (each on its own thread,
 //!   asynchronous to the host), events, modules, launches, and the sticky error a fault leaves;
 //! - [`nccl`]: communicators whose ranks meet through the unique id and all-reduce in rank order;
@@ -21,7 +20,7 @@
 
 #![warn(missing_docs)]
 
-mod api;
+pub mod api;
 pub mod device;
 pub mod exec;
 pub mod nccl;

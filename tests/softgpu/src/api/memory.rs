@@ -122,7 +122,7 @@ fn range(d: &Driver, addr: CUdeviceptr, len: usize) -> Result<DeviceRange, CUres
 /// context's legacy stream, and the call waits for it).
 fn memset(h_stream: Option<CUstream>, dst: CUdeviceptr, pattern: &[u8], count: usize) -> Result<(), CUresult> {
     let d = driver()?;
-    if dst % pattern.len() as u64 != 0 {
+    if !dst.is_multiple_of(pattern.len() as u64) {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     let (instance, stream) = target(d, h_stream)?;

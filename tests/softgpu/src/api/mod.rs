@@ -1,22 +1,24 @@
-//! The exported C functions of the CUDA driver API (`cu*`): argument checks, error codes, the
-//! calling thread's context; the work itself is in [`crate::device`].
+//! The exported C functions of the CUDA driver API (`cu*`) and of NCCL (`nccl*`): argument
+//! checks, error codes, the calling thread's context; the work itself is in [`crate::device`]
+//! and [`crate::nccl`]. They are public so that softgpu's own tests call them as a C program
+//! would, with the types of cudarc's bindings.
 //!
 //! Every function catches panics (a panic must not unwind into C) and reports them as
 //! `CUDA_ERROR_UNKNOWN`. Every function except `cuInit`, `cuDriverGetVersion` and the error
 //! strings returns `CUDA_ERROR_NOT_INITIALIZED` before `cuInit`, and every function that works on
 //! a context returns its sticky error after a fault.
 
-mod context;
-mod device;
-mod error;
-mod event;
-mod init;
-mod launch;
-mod memory;
-mod module;
-mod nccl;
-mod not_supported;
-mod stream;
+pub mod context;
+pub mod device;
+pub mod error;
+pub mod event;
+pub mod init;
+pub mod launch;
+pub mod memory;
+pub mod module;
+pub mod nccl;
+pub mod not_supported;
+pub mod stream;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

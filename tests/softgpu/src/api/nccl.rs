@@ -75,9 +75,12 @@ pub unsafe extern "C" fn ncclGetUniqueId(unique_id: *mut ncclUniqueId) -> ncclRe
     })
 }
 
+/// A join running in the background (started inside a group).
+type Join = JoinHandle<Result<(), NcclError>>;
+
 thread_local! {
     /// `ncclGroupStart` depth, and the joins started inside the group.
-    static GROUP: RefCell<(u32, Vec<JoinHandle<Result<(), NcclError>>>)> = const { RefCell::new((0, Vec::new())) };
+    static GROUP: RefCell<(u32, Vec<Join>)> = const { RefCell::new((0, Vec::new())) };
 }
 
 fn in_group() -> bool {
