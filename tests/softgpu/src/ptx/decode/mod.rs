@@ -76,7 +76,8 @@ fn symbols<'a>(ops: &[Operand<'a>], out: &mut Vec<&'a str>) {
 }
 
 /// Decodes every `.entry` of `m`.
-pub(crate) fn module(m: &ModuleSyntax<'_>) -> Result<Vec<Kernel>, LoadError> {
+pub(crate) fn module(m: &ModuleSyntax<'_>, text: &str) -> Result<Vec<Kernel>, LoadError> {
+    let source: Vec<&str> = text.lines().collect();
     let mut names = HashMap::new();
     for v in &m.variables {
         if names.insert(v.name, v.line).is_some() {
@@ -88,13 +89,13 @@ pub(crate) fn module(m: &ModuleSyntax<'_>) -> Result<Vec<Kernel>, LoadError> {
         if kernels.iter().any(|k: &Kernel| k.name == e.name) {
             return err(e.line, format!("kernel `{}` defined twice", e.name));
         }
-        kernels.push(kernel(e, &m.variables)?);
+        kernels.push(kernel(e, &m.variables, &source)?);
     }
     Ok(kernels)
 }
 
 /// Decodes one `.entry`.
-fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, LoadError> {
+fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>], text: &[&str]) -> Result<Kernel, LoadError> {
     // Parameters: laid out in order, each at its alignment.
     let mut params = Vec::with_capacity(e.params.len());
     let mut param_offsets = Vec::with_capacity(e.params.len());
@@ -180,6 +181,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
     let mut ctx = Ctx::new(RegTable::new(), labels, shared, param_names);
     let mut code = Vec::with_capacity(count as usize);
     let mut lines = Vec::with_capacity(count as usize);
+    let mut source = Vec::with_capacity(count as usize);
     let mut last_line = e.line;
     for s in &e.body {
         match s {
@@ -198,6 +200,8 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
                 ctx.line = i.line;
                 code.push(instruction(&mut ctx, i)?);
                 lines.push(u32::try_from(i.line).unwrap_or(u32::MAX));
+                let t = text.get(i.line.wrapping_sub(1)).map_or("", |l| l.trim());
+                source.push(t.trim_end_matches(';').trim().into());
             }
         }
     }
@@ -205,6 +209,13 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
     match code.last() {
         Some(Inst { guard: None, op: Op::Exit | Op::Bra { .. } }) => {}
         _ => return err(last_line, format!("kernel `{}` can run past its last instruction", e.name)),
+    }
+    for (inst, line) in code.iter().zip(&lines) {
+        if let Op::Bra { target } = inst.op
+            && target as usize >= code.len()
+        {
+            return err(*line as usize, format!("kernel `{}`: a branch past its last instruction", e.name));
+        }
     }
 
     let bound = e.reqntid.or(e.maxntid);
@@ -232,6 +243,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
         pred_regs: ctx.regs.max_preds,
         code,
         lines,
+        source,
     })
 }
 
