@@ -214,3 +214,29 @@ fn percentile_first_bins() {
         assert_eq!(got[q], want, "target {t}");
     }
 }
+
+#[test]
+fn a_one_instruction_mutation_changes_the_result() {
+    // The check of issue 11: one `max.f32` made `min.f32` in extremes.ptx must be seen.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels/ptx/extremes.ptx");
+    let text = std::fs::read_to_string(path).unwrap();
+    // Finite values, the largest at the start of a 16-byte vector (the first max.f32 is the
+    // first element of the kernel's vector loop).
+    let mut x: Vec<f32> = values(5000, 77).into_iter().map(|v| if v.is_finite() { v } else { 0.5 }).collect();
+    x[0] = 100.0;
+    let (lo, hi, _) = extremes(&x);
+    let run = |text: &str| {
+        let m = Module::load(text).unwrap();
+        let mem = Memory::new();
+        let dx = mem.upload(&x);
+        let out = mem.alloc(16);
+        let args = [arg(dx), arg(1u64), arg(1u64), arg(5000u64), arg(16384u64), arg(0u32), arg(out)];
+        launch(&m, "extremes_rows_f32", [1, 1, 1], [256, 1, 1], 0, &args, &mem).unwrap();
+        let w: Vec<u32> = mem.download(out, 2);
+        (ord_to_f32(!w[0]), ord_to_f32(w[1]))
+    };
+    assert_eq!(run(&text), (lo, hi));
+    let mutated = text.replacen("\tmax.f32", "\tmin.f32", 1);
+    assert_ne!(mutated, text);
+    assert_ne!(run(&mutated), (lo, hi));
+}

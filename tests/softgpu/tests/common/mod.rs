@@ -201,3 +201,52 @@ pub fn run_elementwise<T: Pod, U: Pod>(m: &Module, a: &[T], b: &[T], c: &[T]) ->
         .unwrap_or_else(|f| panic!("{f}"));
     mem.download(out, n)
 }
+
+/// The kernel of a per-element conversion test: `out[i] = f(a[i])`, `%a` of `.reg` type
+/// `src.0` loaded with `src.1` (`src.2` bytes), `%out` of `dst.0` stored with `dst.1`.
+pub fn map_kernel(src: (&str, &str, u32), dst: (&str, &str, u32), body: &str) -> Module {
+    module(&format!(
+        r#"
+.visible .entry t(.param .u64 pa, .param .u64 pout, .param .u32 n)
+{{
+	.reg .pred %p<8>;
+	.reg .b32 %r<8>;
+	.reg .b64 %rd<12>;
+	.reg {} %a;
+	.reg {} %out;
+	ld.param.u64 %rd1, [pa];
+	ld.param.u64 %rd4, [pout];
+	ld.param.u32 %r5, [n];
+	mov.u32 %r1, %tid.x;
+	mov.u32 %r2, %ctaid.x;
+	mov.u32 %r3, %ntid.x;
+	mul.lo.s32 %r4, %r2, %r3;
+	add.s32 %r4, %r4, %r1;
+	setp.ge.u32 %p7, %r4, %r5;
+	@%p7 bra $DONE;
+	mul.wide.u32 %rd5, %r4, {};
+	add.s64 %rd6, %rd1, %rd5;
+	mul.wide.u32 %rd5, %r4, {};
+	add.s64 %rd9, %rd4, %rd5;
+	ld.global{} %a, [%rd6];
+{body}
+	st.global{} [%rd9], %out;
+$DONE:
+	ret;
+}}
+"#,
+        src.0, dst.0, src.2, dst.2, src.1, dst.1
+    ))
+}
+
+/// Runs a [`map_kernel`] over `a`.
+pub fn run_map<T: Pod, U: Pod>(m: &Module, a: &[T]) -> Vec<U> {
+    let mem = Memory::new();
+    let n = a.len();
+    let pa = mem.upload(a);
+    let out = mem.alloc(n * U::SIZE);
+    let grid = (n as u32).div_ceil(128).max(1);
+    launch(m, "t", [grid, 1, 1], [128, 1, 1], 0, &[arg(pa), arg(out), arg(n as u32)], &mem)
+        .unwrap_or_else(|f| panic!("{f}"));
+    mem.download(out, n)
+}
