@@ -47,10 +47,10 @@ fn module(file: &str) -> Module {
     Module::load(&std::fs::read_to_string(path).expect("kernels/ptx")).expect("loads")
 }
 
-fn measure(name: &str, m: &Module, kernel: &str, grid: u32, shared: u32, params: &[Vec<u8>], mem: &Memory) {
+fn measure(name: &str, m: &Module, kernel: &str, grid: [u32; 3], shared: u32, params: &[Vec<u8>], mem: &Memory) {
     let k = m.kernel(kernel).expect("kernel");
     let p: Vec<&[u8]> = params.iter().map(|v| v.as_slice()).collect();
-    let l = Launch { kernel: &k, grid: [grid, 1, 1], block: [256, 1, 1], dynamic_shared_bytes: shared, params: &p };
+    let l = Launch { kernel: &k, grid, block: [256, 1, 1], dynamic_shared_bytes: shared, params: &p };
     let mut rates = Vec::new();
     let mut lanes = 0;
     for _ in 0..7 {
@@ -86,37 +86,12 @@ fn main() {
     let dx = mem.upload(&bytes);
     println!("{} rayon threads, {} elements", rayon::current_num_threads(), n);
 
+    let a = |v: u64| v.to_le_bytes().to_vec();
     let ext = module("extremes.ptx");
     let out = mem.upload(&[0u8; 16]);
-    let a = |v: u64| v.to_le_bytes().to_vec();
     let params = [a(dx), a(1), a(1), a(n as u64), a(16 * 1024), 0u32.to_le_bytes().to_vec(), a(out)];
     // src/engine/cuda/extremes.rs: per tensor, (1, n / 16Ki) blocks.
-    let k = ext.kernel("extremes_rows_f32").expect("kernel");
-    let p: Vec<&[u8]> = params.iter().map(|v| v.as_slice()).collect();
-    let l = Launch {
-        kernel: &k,
-        grid: [1, (n / 16384) as u32, 1],
-        block: [256, 1, 1],
-        dynamic_shared_bytes: 0,
-        params: &p,
-    };
-    let mut rates = Vec::new();
-    let mut lanes = 0;
-    for _ in 0..7 {
-        let t = Instant::now();
-        let s = exec::run_with_stats(&l, &mem).unwrap_or_else(|f| panic!("{f}"));
-        lanes = s.lane_instructions;
-        rates.push(s.lane_instructions as f64 / t.elapsed().as_secs_f64());
-    }
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "{:<40} {:>12} lane-instructions  median {:>7.1} M/s  (min {:.1}, max {:.1})",
-        "extremes_rows_f32",
-        lanes,
-        rates[3] / 1e6,
-        rates[0] / 1e6,
-        rates[6] / 1e6
-    );
+    measure("extremes_rows_f32", &ext, "extremes_rows_f32", [1, (n / 16384) as u32, 1], 0, &params, &mem);
 
     let hist = module("histogram.ptx");
     let bins = 2048u32;
@@ -131,14 +106,35 @@ fn main() {
         a(h),
     ];
     // src/engine/cuda/histogram.rs: n / 64Ki blocks, bins * 4 bytes of shared memory.
-    measure(
-        "abs_hist_shared_f32 (2048 bins)",
-        &hist,
-        "abs_hist_shared_f32",
-        (n / 65536) as u32,
-        bins * 4,
-        &params,
-        &mem,
-    );
-    measure("abs_hist_global_f32 (2048 bins)", &hist, "abs_hist_global_f32", (n / 65536) as u32, 0, &params, &mem);
+    let blocks = [(n / 65536) as u32, 1, 1];
+    measure("abs_hist_shared_f32 (2048 bins)", &hist, "abs_hist_shared_f32", blocks, bins * 4, &params, &mem);
+    measure("abs_hist_global_f32 (2048 bins)", &hist, "abs_hist_global_f32", blocks, 0, &params, &mem);
+
+    // src/engine/cuda/fake_quant.rs: 16 candidates per block, 8Ki values per block; 2^18 values
+    // here (the kernel does about 16 x 15 instructions per value).
+    let fq = module("fake_quant.ptx");
+    let k = 16u64;
+    let scales: Vec<f32> = (1..=k).map(|i| 0.01 * i as f32).collect();
+    let inv: Vec<f64> = scales.iter().map(|&s| 1.0 / f64::from(s)).collect();
+    let ds = mem.upload(&scales.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    let di = mem.upload(&inv.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    let m = (n / 4) as u64;
+    let splits = m / 8192;
+    let partial = mem.upload(&vec![0u8; (splits * k * 8) as usize]);
+    let f = |v: f32| v.to_le_bytes().to_vec();
+    let params = [
+        a(dx),
+        a(1),
+        a(1),
+        a(m),
+        a(8192),
+        0u32.to_le_bytes().to_vec(),
+        a(ds),
+        a(di),
+        a(k),
+        f(-128.0),
+        f(127.0),
+        a(partial),
+    ];
+    measure("fq_err_rows_f32 (16 candidates)", &fq, "fq_err_rows_f32", [1, splits as u32, 1], 0, &params, &mem);
 }

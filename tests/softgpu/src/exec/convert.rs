@@ -14,8 +14,8 @@
 
 use super::float::{NAN32, NAN64};
 use super::int::{extend, truncate};
+use super::lanes::{Lanes, Val, map1};
 use super::softfloat::{self, Format, Value};
-use super::warp::Lanes;
 use crate::ptx::inst::{Conv, Rounding};
 use crate::ptx::types::FloatTy;
 
@@ -28,12 +28,27 @@ fn format(t: FloatTy) -> Format {
     }
 }
 
+/// The bits of the f32 equal to the binary16 `h` (exact; NaN to the canonical NaN).
+#[inline(always)]
+fn f16_to_f32(h: u64) -> u32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let (e, f) = ((h as u32 >> 10) & 0x1f, h as u32 & 0x3ff);
+    match e {
+        0x1f if f != 0 => NAN32,
+        0x1f => sign | 0x7f80_0000,
+        // Zero or subnormal: f * 2^-24, exact in f32.
+        0 => sign | (f as f32 * (1.0 / 16_777_216.0)).to_bits(),
+        _ => sign | (e + 112) << 23 | f << 13,
+    }
+}
+
 /// The exact value of a float of type `t` as an f64 (every format here widens exactly).
 fn to_f64(bits: u64, t: FloatTy) -> f64 {
     match t {
         FloatTy::F64 => f64::from_bits(bits),
         FloatTy::F32 => f64::from(f32::from_bits(bits as u32)),
-        _ => f64::from_bits(softfloat::convert(bits, format(t), softfloat::F64, Rounding::NearestEven)),
+        FloatTy::F16 => f64::from(f32::from_bits(f16_to_f32(bits))),
+        FloatTy::Bf16 => f64::from(f32::from_bits((bits as u32 & 0xffff) << 16)),
     }
 }
 
@@ -57,12 +72,37 @@ fn saturate(bits: u64, f: Format) -> u64 {
     }
 }
 
+/// `x` rounded to an integral value by `rnd`, exactly and without the C library (the host's
+/// arithmetic rounds to nearest even): IEEE's roundToIntegral, which keeps the sign of zero.
+#[inline(always)]
 fn round_integral(x: f64, rnd: Rounding) -> f64 {
-    match rnd {
-        Rounding::NearestEven => x.round_ties_even(),
-        Rounding::TowardZero => x.trunc(),
-        Rounding::Down => x.floor(),
-        Rounding::Up => x.ceil(),
+    const TWO52: f64 = 4_503_599_627_370_496.0;
+    // From 2^52 on, every f64 is integral; infinities and NaN stay as they are.
+    if x.is_nan() || x.abs() >= TWO52 {
+        return x;
+    }
+    let t = (x as i64) as f64; // towards zero, exactly
+    let r = match rnd {
+        // Adding 2^52 leaves no fraction bits: the sum is rounded to an integer, ties to even.
+        Rounding::NearestEven => (x.abs() + TWO52) - TWO52,
+        Rounding::TowardZero => t,
+        Rounding::Down if t > x => t - 1.0,
+        Rounding::Up if t < x => t + 1.0,
+        Rounding::Down | Rounding::Up => t,
+    };
+    r.copysign(x)
+}
+
+/// `r` (integral or infinite, not NaN) clamped to the range of an integer of `bits`.
+#[inline(always)]
+fn clamp_to_int(r: f64, bits: u32, signed: bool) -> u64 {
+    if signed {
+        let (lo, hi) =
+            if bits == 64 { (i64::MIN, i64::MAX) } else { (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1) };
+        truncate((r as i64).clamp(lo, hi) as u64, bits)
+    } else {
+        let hi = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        (r as u64).min(hi)
     }
 }
 
@@ -98,6 +138,8 @@ pub(crate) fn one(conv: Conv, x: u64) -> u64 {
             } else if from == FloatTy::F32 && to == FloatTy::F64 {
                 let v = f64::from(f32::from_bits(bits as u32));
                 if v.is_nan() { NAN64 } else { v.to_bits() }
+            } else if from == FloatTy::F16 && to == FloatTy::F32 {
+                u64::from(f16_to_f32(bits))
             } else if from == FloatTy::F64 && to == FloatTy::F32 && rnd == Rounding::NearestEven {
                 let v = f64::from_bits(bits) as f32;
                 u64::from(if v.is_nan() { NAN32 } else { v.to_bits() })
@@ -116,11 +158,12 @@ pub(crate) fn one(conv: Conv, x: u64) -> u64 {
                 bits = flush(bits, f);
             }
             let v = to_f64(bits, ty);
-            let r = if v.is_nan() {
-                f.canonical_nan()
-            } else {
+            let r = match ty {
+                _ if v.is_nan() => f.canonical_nan(),
+                FloatTy::F64 => round_integral(v, rnd).to_bits(),
                 // An integral value of the source's format is exact in it.
-                softfloat::convert(round_integral(v, rnd).to_bits(), softfloat::F64, f, Rounding::NearestEven)
+                FloatTy::F32 => u64::from((round_integral(v, rnd) as f32).to_bits()),
+                _ => softfloat::convert(round_integral(v, rnd).to_bits(), softfloat::F64, f, Rounding::NearestEven),
             };
             if sat { saturate(r, f) } else { r }
         }
@@ -133,20 +176,7 @@ pub(crate) fn one(conv: Conv, x: u64) -> u64 {
             if v.is_nan() {
                 return if from != FloatTy::F64 && to_bits != 64 { 0 } else { 1 << (to_bits - 1) };
             }
-            let r = round_integral(v, rnd);
-            let (lo, hi) = if to_signed {
-                (-(1i128 << (to_bits - 1)), (1i128 << (to_bits - 1)) - 1)
-            } else {
-                (0, (1i128 << to_bits) - 1)
-            };
-            let n = if r <= lo as f64 {
-                lo
-            } else if r >= hi as f64 {
-                hi
-            } else {
-                r as i128
-            };
-            truncate(n as u64, to_bits)
+            clamp_to_int(round_integral(v, rnd), to_bits, to_signed)
         }
         Conv::IntFloat { from, to, rnd, ftz, sat } => {
             let v = if from.signed() {
@@ -169,25 +199,57 @@ pub(crate) fn one(conv: Conv, x: u64) -> u64 {
 }
 
 /// The 32 lanes of `cvt`.
-pub(crate) fn cvt(conv: Conv, a: &Lanes, out: &mut Lanes) {
+pub(crate) fn cvt(conv: Conv, a: Val<'_>, out: &mut Lanes) {
+    use Rounding::NearestEven as Rn;
     match conv {
-        // The common conversions of qcalib's kernels, in loops of their own.
-        Conv::FloatFloat { from: FloatTy::F32, to: FloatTy::F64, ftz: false, sat: false, .. } => {
-            for (o, &x) in out.iter_mut().zip(a.iter()) {
-                let v = f64::from(f32::from_bits(x as u32));
-                *o = if v.is_nan() { NAN64 } else { v.to_bits() };
-            }
+        // The conversions of qcalib's kernels, each in a loop of its own.
+        Conv::FloatFloat { from: FloatTy::F32, to: FloatTy::F64, ftz: false, sat: false, .. } => map1(a, out, |x| {
+            let v = f64::from(f32::from_bits(x as u32));
+            if v.is_nan() { NAN64 } else { v.to_bits() }
+        }),
+        Conv::FloatFloat { from: FloatTy::F64, to: FloatTy::F32, rnd: Rn, ftz: false, sat: false } => {
+            map1(a, out, |x| {
+                let v = f64::from_bits(x) as f32;
+                u64::from(if v.is_nan() { NAN32 } else { v.to_bits() })
+            })
         }
-        Conv::IntInt { from, to_bits, sat: false, .. } if to_bits >= from.bits() && !from.signed() => {
-            for (o, &x) in out.iter_mut().zip(a.iter()) {
-                *o = truncate(x, from.bits());
-            }
+        Conv::FloatFloat { from: FloatTy::F16, to: FloatTy::F32, sat: false, .. } => {
+            map1(a, out, |x| u64::from(f16_to_f32(x)))
         }
-        _ => {
-            for (o, &x) in out.iter_mut().zip(a.iter()) {
-                *o = one(conv, x);
+        Conv::FloatRound { ty: FloatTy::F32, rnd, ftz: false, sat: false } => map1(a, out, |x| {
+            let v = f32::from_bits(x as u32);
+            let r = round_integral(f64::from(v), rnd) as f32;
+            u64::from(if r.is_nan() { NAN32 } else { r.to_bits() })
+        }),
+        Conv::FloatRound { ty: FloatTy::F64, rnd, ftz: false, sat: false } => map1(a, out, |x| {
+            let r = round_integral(f64::from_bits(x), rnd);
+            if r.is_nan() { NAN64 } else { r.to_bits() }
+        }),
+        Conv::FloatInt { from: FloatTy::F32, to_bits, to_signed, rnd, ftz: false } => map1(a, out, |x| {
+            let v = f64::from(f32::from_bits(x as u32));
+            match v.is_nan() {
+                true if to_bits != 64 => 0,
+                true => 1 << 63,
+                false => clamp_to_int(round_integral(v, rnd), to_bits, to_signed),
             }
-        }
+        }),
+        Conv::FloatInt { from: FloatTy::F64, to_bits, to_signed, rnd, ftz: false } => map1(a, out, |x| {
+            let v = f64::from_bits(x);
+            if v.is_nan() { 1 << (to_bits - 1) } else { clamp_to_int(round_integral(v, rnd), to_bits, to_signed) }
+        }),
+        Conv::IntFloat { from, to: FloatTy::F32, rnd: Rn, ftz: false, sat: false } => match from.signed() {
+            false => map1(a, out, |x| u64::from((truncate(x, from.bits()) as f32).to_bits())),
+            true => map1(a, out, |x| u64::from((extend(x, from.bits(), true) as i64 as f32).to_bits())),
+        },
+        Conv::IntFloat { from, to: FloatTy::F64, rnd: Rn, ftz: false, sat: false } => match from.signed() {
+            false => map1(a, out, |x| (truncate(x, from.bits()) as f64).to_bits()),
+            true => map1(a, out, |x| (extend(x, from.bits(), true) as i64 as f64).to_bits()),
+        },
+        Conv::IntInt { from, to_bits, sat: false, .. } => match from.signed() {
+            false => map1(a, out, |x| truncate(truncate(x, from.bits()), to_bits)),
+            true => map1(a, out, |x| truncate(extend(x, from.bits(), true), to_bits)),
+        },
+        _ => map1(a, out, |x| one(conv, x)),
     }
 }
 

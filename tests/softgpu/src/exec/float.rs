@@ -22,7 +22,7 @@
 //!   reciprocal), so the Newton steps that follow it in qcalib's kernels do real work, as on
 //!   hardware.
 
-use super::warp::Lanes;
+use super::lanes::{Lanes, Val, map1, map2, map3};
 use crate::ptx::inst::{FloatMode, FloatOp, FloatUnOp};
 use crate::ptx::types::FloatTy;
 
@@ -37,14 +37,14 @@ pub(crate) fn ftz32(x: f32) -> f32 {
     if x.is_subnormal() { f32::from_bits(x.to_bits() & 0x8000_0000) } else { x }
 }
 
-#[inline]
+#[inline(always)]
 fn input32(bits: u64, mode: FloatMode) -> f32 {
     let x = f32::from_bits(bits as u32);
     if mode.ftz { ftz32(x) } else { x }
 }
 
 /// The bits of an `.f32` result after `.ftz`, `.sat` and NaN canonicalisation.
-#[inline]
+#[inline(always)]
 fn result32(r: f32, mode: FloatMode) -> u64 {
     let mut r = r;
     if mode.ftz {
@@ -62,7 +62,7 @@ fn result32(r: f32, mode: FloatMode) -> u64 {
     u64::from(if r.is_nan() { NAN32 } else { r.to_bits() })
 }
 
-#[inline]
+#[inline(always)]
 fn result64(r: f64) -> u64 {
     if r.is_nan() { NAN64 } else { r.to_bits() }
 }
@@ -129,62 +129,74 @@ impl Float for f64 {
     }
 }
 
+#[inline(always)]
+fn f64b(x: u64) -> f64 {
+    f64::from_bits(x)
+}
+
+#[inline(always)]
+fn min64(x: u64, y: u64) -> u64 {
+    min_num(f64b(x), f64b(y)).map_or(NAN64, f64::to_bits)
+}
+
+#[inline(always)]
+fn max64(x: u64, y: u64) -> u64 {
+    max_num(f64b(x), f64b(y)).map_or(NAN64, f64::to_bits)
+}
+
+#[inline(always)]
+fn bits32(r: Option<f32>) -> u64 {
+    u64::from(r.map_or(NAN32, f32::to_bits))
+}
+
 /// The 32 lanes of `a op b`.
-pub(crate) fn binary(op: FloatOp, ty: FloatTy, mode: FloatMode, a: &Lanes, b: &Lanes, out: &mut Lanes) {
-    let lanes = out.iter_mut().zip(a.iter().zip(b.iter()));
+pub(crate) fn binary(op: FloatOp, ty: FloatTy, mode: FloatMode, a: Val<'_>, b: Val<'_>, out: &mut Lanes) {
     if ty == FloatTy::F64 {
-        for (o, (&x, &y)) in lanes {
-            let (x, y) = (f64::from_bits(x), f64::from_bits(y));
-            *o = match op {
-                FloatOp::Add => result64(x + y),
-                FloatOp::Sub => result64(x - y),
-                FloatOp::Mul => result64(x * y),
-                FloatOp::Div => result64(x / y),
-                FloatOp::Min => min_num(x, y).map_or(NAN64, f64::to_bits),
-                FloatOp::Max => max_num(x, y).map_or(NAN64, f64::to_bits),
-                FloatOp::MinNan => {
-                    if x.is_nan() || y.is_nan() {
-                        NAN64
-                    } else {
-                        min_num(x, y).map_or(NAN64, f64::to_bits)
-                    }
-                }
-                FloatOp::MaxNan => {
-                    if x.is_nan() || y.is_nan() {
-                        NAN64
-                    } else {
-                        max_num(x, y).map_or(NAN64, f64::to_bits)
-                    }
-                }
-            };
+        let nan = |x: u64, y: u64| f64b(x).is_nan() || f64b(y).is_nan();
+        match op {
+            FloatOp::Add => map2(a, b, out, |x, y| result64(f64b(x) + f64b(y))),
+            FloatOp::Sub => map2(a, b, out, |x, y| result64(f64b(x) - f64b(y))),
+            FloatOp::Mul => map2(a, b, out, |x, y| result64(f64b(x) * f64b(y))),
+            FloatOp::Div => map2(a, b, out, |x, y| result64(f64b(x) / f64b(y))),
+            FloatOp::Min => map2(a, b, out, min64),
+            FloatOp::Max => map2(a, b, out, max64),
+            FloatOp::MinNan => map2(a, b, out, |x, y| if nan(x, y) { NAN64 } else { min64(x, y) }),
+            FloatOp::MaxNan => map2(a, b, out, |x, y| if nan(x, y) { NAN64 } else { max64(x, y) }),
         }
         return;
     }
-    for (o, (&x, &y)) in lanes {
-        let (x, y) = (input32(x, mode), input32(y, mode));
-        *o = match op {
-            FloatOp::Add => result32(x + y, mode),
-            FloatOp::Sub => result32(x - y, mode),
-            FloatOp::Mul => result32(x * y, mode),
-            FloatOp::Div => result32(x / y, mode),
-            FloatOp::Min => min_num(x, y).map_or(u64::from(NAN32), |r| u64::from(r.to_bits())),
-            FloatOp::Max => max_num(x, y).map_or(u64::from(NAN32), |r| u64::from(r.to_bits())),
-            FloatOp::MinNan if x.is_nan() || y.is_nan() => u64::from(NAN32),
-            FloatOp::MaxNan if x.is_nan() || y.is_nan() => u64::from(NAN32),
-            FloatOp::MinNan => min_num(x, y).map_or(u64::from(NAN32), |r| u64::from(r.to_bits())),
-            FloatOp::MaxNan => max_num(x, y).map_or(u64::from(NAN32), |r| u64::from(r.to_bits())),
-        };
+    // `.f32`: the plain forms in loops of their own, `.ftz` and `.sat` in general ones.
+    let plain = FloatMode { ftz: false, sat: false };
+    macro_rules! f32_ops {
+        ($mode:expr) => {{
+            let m = $mode;
+            let (i, r) = (move |x: u64| input32(x, m), move |v: f32| result32(v, m));
+            let nan = move |x: u64, y: u64| i(x).is_nan() || i(y).is_nan();
+            match op {
+                FloatOp::Add => map2(a, b, out, |x, y| r(i(x) + i(y))),
+                FloatOp::Sub => map2(a, b, out, |x, y| r(i(x) - i(y))),
+                FloatOp::Mul => map2(a, b, out, |x, y| r(i(x) * i(y))),
+                FloatOp::Div => map2(a, b, out, |x, y| r(i(x) / i(y))),
+                FloatOp::Min => map2(a, b, out, |x, y| bits32(min_num(i(x), i(y)))),
+                FloatOp::Max => map2(a, b, out, |x, y| bits32(max_num(i(x), i(y)))),
+                FloatOp::MinNan => {
+                    map2(a, b, out, |x, y| if nan(x, y) { u64::from(NAN32) } else { bits32(min_num(i(x), i(y))) })
+                }
+                FloatOp::MaxNan => {
+                    map2(a, b, out, |x, y| if nan(x, y) { u64::from(NAN32) } else { bits32(max_num(i(x), i(y))) })
+                }
+            }
+        }};
     }
+    if mode == plain { f32_ops!(plain) } else { f32_ops!(mode) }
 }
 
 /// The 32 lanes of `fma a, b, c`: `a * b + c` with one rounding.
-pub(crate) fn fma(ty: FloatTy, mode: FloatMode, a: &Lanes, b: &Lanes, c: &Lanes, out: &mut Lanes) {
-    for (o, ((&x, &y), &z)) in out.iter_mut().zip(a.iter().zip(b.iter()).zip(c.iter())) {
-        *o = if ty == FloatTy::F64 {
-            result64(f64::from_bits(x).mul_add(f64::from_bits(y), f64::from_bits(z)))
-        } else {
-            result32(input32(x, mode).mul_add(input32(y, mode), input32(z, mode)), mode)
-        };
+pub(crate) fn fma(ty: FloatTy, mode: FloatMode, a: Val<'_>, b: Val<'_>, c: Val<'_>, out: &mut Lanes) {
+    if ty == FloatTy::F64 {
+        map3(a, b, c, out, |x, y, z| result64(f64b(x).mul_add(f64b(y), f64b(z))));
+    } else {
+        map3(a, b, c, out, |x, y, z| result32(input32(x, mode).mul_add(input32(y, mode), input32(z, mode)), mode));
     }
 }
 
@@ -209,30 +221,25 @@ pub(crate) fn rcp_approx_ftz_f64(a: u64) -> u64 {
 }
 
 /// The 32 lanes of `op a`.
-pub(crate) fn unary(op: FloatUnOp, ty: FloatTy, mode: FloatMode, a: &Lanes, out: &mut Lanes) {
-    for (o, &x) in out.iter_mut().zip(a.iter()) {
-        *o = if ty == FloatTy::F64 {
-            let v = f64::from_bits(x);
-            match op {
-                FloatUnOp::Abs if v.is_nan() => x,
-                FloatUnOp::Abs => x & !(1 << 63),
-                FloatUnOp::Neg if v.is_nan() => x,
-                FloatUnOp::Neg => x ^ (1 << 63),
-                FloatUnOp::Rcp => result64(1.0 / v),
-                FloatUnOp::Sqrt => result64(v.sqrt()),
-                FloatUnOp::RcpApproxFtzF64 => rcp_approx_ftz_f64(x),
-            }
-        } else {
-            let v = input32(x, mode);
-            match op {
-                FloatUnOp::Abs => result32(v.abs(), mode),
-                FloatUnOp::Neg => result32(-v, mode),
-                FloatUnOp::Rcp => result32(1.0 / v, mode),
-                FloatUnOp::Sqrt => result32(v.sqrt(), mode),
-                // The decoder takes `rcp.approx.ftz` for `.f64` only.
-                FloatUnOp::RcpApproxFtzF64 => u64::from(NAN32),
-            }
-        };
+pub(crate) fn unary(op: FloatUnOp, ty: FloatTy, mode: FloatMode, a: Val<'_>, out: &mut Lanes) {
+    if ty == FloatTy::F64 {
+        match op {
+            FloatUnOp::Abs => map1(a, out, |x| if f64b(x).is_nan() { x } else { x & !(1 << 63) }),
+            FloatUnOp::Neg => map1(a, out, |x| if f64b(x).is_nan() { x } else { x ^ (1 << 63) }),
+            FloatUnOp::Rcp => map1(a, out, |x| result64(1.0 / f64b(x))),
+            FloatUnOp::Sqrt => map1(a, out, |x| result64(f64b(x).sqrt())),
+            FloatUnOp::RcpApproxFtzF64 => map1(a, out, rcp_approx_ftz_f64),
+        }
+        return;
+    }
+    let (i, r) = (|x: u64| input32(x, mode), |v: f32| result32(v, mode));
+    match op {
+        FloatUnOp::Abs => map1(a, out, |x| r(i(x).abs())),
+        FloatUnOp::Neg => map1(a, out, |x| r(-i(x))),
+        FloatUnOp::Rcp => map1(a, out, |x| r(1.0 / i(x))),
+        FloatUnOp::Sqrt => map1(a, out, |x| r(i(x).sqrt())),
+        // The decoder takes `rcp.approx.ftz` for `.f64` only.
+        FloatUnOp::RcpApproxFtzF64 => map1(a, out, |_| u64::from(NAN32)),
     }
 }
 

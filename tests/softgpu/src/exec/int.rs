@@ -12,22 +12,22 @@
 //! Shift amounts are unsigned 32-bit values; amounts at or above the width are clamped to the
 //! width: `shl` and logical `shr` give 0, arithmetic `shr` gives all sign bits.
 
-use super::warp::Lanes;
+use super::lanes::{Lanes, Val, map1, map2};
 use crate::ptx::inst::{IntOp, IntUnOp};
 use crate::ptx::types::IntTy;
 
 macro_rules! lanes2 {
     ($a:expr, $b:expr, $out:expr, |$x:ident: $t:ty, $y:ident: $u:ty| $body:expr) => {
-        for ((o, &xa), &yb) in $out.iter_mut().zip($a.iter()).zip($b.iter()) {
+        map2($a, $b, $out, |xa, yb| {
             let $x = xa as $t;
             let $y = yb as $u;
-            *o = $body;
-        }
+            $body
+        })
     };
 }
 
 /// The 32 lanes of `a op b`.
-pub(crate) fn binary(op: IntOp, ty: IntTy, a: &Lanes, b: &Lanes, out: &mut Lanes) {
+pub(crate) fn binary(op: IntOp, ty: IntTy, a: Val<'_>, b: Val<'_>, out: &mut Lanes) {
     macro_rules! typed {
         ($u:ty, $s:ty, $bits:expr) => {{
             const BITS: u32 = $bits;
@@ -80,15 +80,13 @@ pub(crate) fn binary(op: IntOp, ty: IntTy, a: &Lanes, b: &Lanes, out: &mut Lanes
 }
 
 /// The 32 lanes of `op a`.
-pub(crate) fn unary(op: IntUnOp, ty: IntTy, a: &Lanes, out: &mut Lanes) {
+pub(crate) fn unary(op: IntUnOp, ty: IntTy, a: Val<'_>, out: &mut Lanes) {
     macro_rules! typed {
         ($u:ty, $s:ty) => {
-            for (o, &x) in out.iter_mut().zip(a.iter()) {
-                *o = match op {
-                    IntUnOp::Not => !(x as $u) as u64,
-                    IntUnOp::Neg => (x as $u).wrapping_neg() as u64,
-                    IntUnOp::Abs => (x as $u as $s).wrapping_abs() as $u as u64,
-                };
+            match op {
+                IntUnOp::Not => map1(a, out, |x| !(x as $u) as u64),
+                IntUnOp::Neg => map1(a, out, |x| (x as $u).wrapping_neg() as u64),
+                IntUnOp::Abs => map1(a, out, |x| (x as $u as $s).wrapping_abs() as $u as u64),
             }
         };
     }
@@ -100,7 +98,7 @@ pub(crate) fn unary(op: IntUnOp, ty: IntTy, a: &Lanes, out: &mut Lanes) {
 }
 
 /// The 32 lanes of `mul.wide`: the full product of two `ty` operands.
-pub(crate) fn mul_wide(ty: IntTy, a: &Lanes, b: &Lanes, out: &mut Lanes) {
+pub(crate) fn mul_wide(ty: IntTy, a: Val<'_>, b: Val<'_>, out: &mut Lanes) {
     match ty {
         IntTy::U16 => lanes2!(a, b, out, |x: u16, y: u16| (x as u32 * y as u32) as u64),
         IntTy::S16 => lanes2!(a, b, out, |x: i16, y: i16| (x as i32 * y as i32) as u32 as u64),
@@ -134,7 +132,7 @@ mod tests {
 
     fn one(op: IntOp, ty: IntTy, a: u64, b: u64) -> u64 {
         let mut out = [0; 32];
-        binary(op, ty, &[a; 32], &[b; 32], &mut out);
+        binary(op, ty, Val::Lanes(&[a; 32]), Val::Splat(b), &mut out);
         out[0]
     }
 
@@ -166,7 +164,7 @@ mod tests {
         assert_eq!(one(IntOp::MulHi, IntTy::S32, 0xFFFF_FFFF, 0xFFFF_FFFF), 0);
         assert_eq!(one(IntOp::MulHi, IntTy::S32, 0xFFFF_FFFF, 2), 0xFFFF_FFFF);
         let mut out = [0; 32];
-        mul_wide(IntTy::S32, &[0xFFFF_FFFF; 32], &[3; 32], &mut out);
+        mul_wide(IntTy::S32, Val::Splat(0xFFFF_FFFF), Val::Lanes(&[3; 32]), &mut out);
         assert_eq!(out[0], (-3i64) as u64);
     }
 }

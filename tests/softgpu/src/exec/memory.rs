@@ -18,7 +18,8 @@
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use super::int::{extend, truncate};
-use super::warp::{LaneFault, Lanes};
+use super::lanes::Lanes;
+use super::warp::LaneFault;
 use super::{Allocation, FaultKind, GlobalMemory};
 use crate::ptx::inst::{Addr, AtomOp, Reg, Space, Src};
 use crate::ptx::types::IntTy;
@@ -253,10 +254,10 @@ pub(crate) struct Memory<'a> {
     pub params: &'a [u8],
 }
 
-/// The address of lane `lane`.
+/// The address of lane `lane` (each lane computes its address before it writes a register).
 #[inline]
-fn address(base: &Option<Lanes>, addr: Addr, lane: usize) -> u64 {
-    base.as_ref().map_or(0, |b| b[lane]).wrapping_add(addr.offset as u64)
+fn address(regs: &[Lanes], addr: Addr, lane: usize) -> u64 {
+    addr.base.map_or(0, |r| regs[r as usize][lane]).wrapping_add(addr.offset as u64)
 }
 
 fn read(regs: &[Lanes], s: Src, lane: usize) -> u64 {
@@ -294,11 +295,10 @@ impl Memory<'_> {
         dst_bits: u8,
         addr: Addr,
     ) -> Result<(), LaneFault> {
-        let base = addr.base.map(|r| regs[r as usize]);
         let (size, total) = (u64::from(size), u64::from(size) * u64::from(n));
         let what = if space == Space::Global { "load" } else { "shared load" };
         for lane in lanes(mask) {
-            let a = address(&base, addr, lane);
+            let a = address(regs, addr, lane);
             let fault = |(kind, detail)| LaneFault { lane: lane as u32, kind, detail };
             let extend_to = |v: u64| truncate(extend(v, size as u32 * 8, signed), u32::from(dst_bits));
             match space {
@@ -335,10 +335,9 @@ impl Memory<'_> {
         src: [Src; 4],
         addr: Addr,
     ) -> Result<(), LaneFault> {
-        let base = addr.base.map(|r| regs[r as usize]);
         let (size, total) = (u64::from(size), u64::from(size) * u64::from(n));
         for lane in lanes(mask) {
-            let a = address(&base, addr, lane);
+            let a = address(regs, addr, lane);
             let fault = |(kind, detail)| LaneFault { lane: lane as u32, kind, detail };
             match space {
                 Space::Global => {
@@ -373,10 +372,9 @@ impl Memory<'_> {
         b: Src,
         c: Src,
     ) -> Result<(), LaneFault> {
-        let base = addr.base.map(|r| regs[r as usize]);
         let size = u64::from(ty.bits() / 8);
         for lane in lanes(mask) {
-            let a = address(&base, addr, lane);
+            let a = address(regs, addr, lane);
             let fault = |(kind, detail)| LaneFault { lane: lane as u32, kind, detail };
             let (bv, cv) = (read(regs, b, lane), read(regs, c, lane));
             let old = match space {

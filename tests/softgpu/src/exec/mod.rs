@@ -56,6 +56,7 @@ mod convert;
 mod float;
 mod grid;
 mod int;
+mod lanes;
 mod memory;
 mod shuffle;
 pub(crate) mod softfloat;

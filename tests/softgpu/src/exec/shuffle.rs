@@ -1,7 +1,8 @@
 //! The lane arithmetic of `shfl.sync` (PTX ISA §9.7.9.6): which lane each lane reads.
 
 use super::FaultKind;
-use super::warp::{LaneFault, Lanes};
+use super::lanes::Lanes;
+use super::warp::LaneFault;
 use crate::ptx::inst::ShflMode;
 
 /// The lane that `lane` reads and the predicate `p`, from the ISA's semantics: `b` is the lane

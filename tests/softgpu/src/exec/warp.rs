@@ -11,11 +11,9 @@
 //! predicates as one bit per lane, so each instruction runs as a loop over 32 values.
 
 use super::block::Env;
+use super::lanes::{Lanes, Val};
 use super::{Fault, FaultKind, compare, convert, float, int, shuffle};
 use crate::ptx::inst::{BoolOp, Op, Pred, PredSrc, Reg, ShflMode, Special, Src};
-
-/// One value per lane.
-pub(crate) type Lanes = [u64; 32];
 
 /// The pattern registers hold before a kernel writes them.
 const UNWRITTEN_REGISTER: u64 = 0xDEAD_BEEF_DEAD_BEEF;
@@ -68,6 +66,8 @@ pub(crate) struct Warp {
     pub pcs: [u32; 32],
     cur_pc: u32,
     cur_mask: u32,
+    /// The lanes in `cur_mask` (counted when it changes, for the statistics).
+    cur_lanes: u32,
     /// The lowest counter of the runnable lanes outside the current group (`u32::MAX`: none).
     next_other: u32,
 }
@@ -85,6 +85,7 @@ impl Warp {
             pcs: [0; 32],
             cur_pc: 0,
             cur_mask: 0,
+            cur_lanes: 0,
             next_other: u32::MAX,
         }
     }
@@ -98,6 +99,7 @@ impl Warp {
         self.pcs = [0; 32];
         self.cur_pc = 0;
         self.cur_mask = present;
+        self.cur_lanes = present.count_ones();
         self.next_other = u32::MAX;
     }
 
@@ -137,6 +139,7 @@ impl Warp {
         }
         self.cur_pc = lo;
         self.cur_mask = lo_mask;
+        self.cur_lanes = lo_mask.count_ones();
         self.next_other = next;
         runnable != 0
     }
@@ -157,6 +160,7 @@ impl Warp {
             self.pcs[l] = self.cur_pc;
         }
         self.cur_mask &= !mask;
+        self.cur_lanes = self.cur_mask.count_ones();
         if self.cur_mask == 0 {
             self.schedule();
         } else {
@@ -197,7 +201,16 @@ impl Warp {
         *slot = (*slot & !mask) | (v & mask);
     }
 
-    #[inline]
+    /// The values of a source operand.
+    #[inline(always)]
+    fn val(&self, s: Src) -> Val<'_> {
+        match s {
+            Src::Reg(r) => Val::Lanes(&self.regs[r as usize]),
+            Src::Imm(v) => Val::Splat(v),
+        }
+    }
+
+    /// A copy of the values of a source operand.
     fn read(&self, s: Src) -> Lanes {
         match s {
             Src::Reg(r) => self.regs[r as usize],
@@ -231,7 +244,7 @@ impl Warp {
                 return Err(env.fault(FaultKind::IllegalAddress, pc, [0; 3], "ran past the last instruction".into()));
             };
             env.stats.warp_instructions += 1;
-            env.stats.lane_instructions += u64::from(self.cur_mask.count_ones());
+            env.stats.lane_instructions += u64::from(self.cur_lanes);
             let mask = match inst.guard {
                 None => self.cur_mask,
                 Some(g) => self.cur_mask & self.pred(g),
@@ -261,15 +274,51 @@ impl Warp {
         env.fault(f.kind, pc, self.thread(f.lane, env.block_dim), f.detail)
     }
 
+    /// The destination register and the source operands of an instruction, when the
+    /// destination is none of the sources (then the result can be written in place).
+    #[inline(always)]
+    fn operands<const N: usize>(&mut self, d: Reg, src: [Src; N]) -> Option<(&mut Lanes, [Val<'_>; N])> {
+        let len = self.regs.len();
+        let bad = |s: &Src| matches!(*s, Src::Reg(r) if r == d || r as usize >= len);
+        if d as usize >= len || src.iter().any(bad) {
+            return None;
+        }
+        let base = self.regs.as_mut_ptr();
+        // SAFETY: every index is in bounds, and `d` differs from every source register, so the
+        // one mutable reference aliases none of the shared ones; all come from one borrow of
+        // `self.regs`, which they do not outlive.
+        let out = unsafe { &mut *base.add(d as usize) };
+        let vals = src.map(|s| match s {
+            Src::Reg(r) => Val::Lanes(unsafe { &*base.add(r as usize) }),
+            Src::Imm(v) => Val::Splat(v),
+        });
+        Some((out, vals))
+    }
+
     /// Runs a data instruction for the lanes of `mask`.
     fn execute(&mut self, env: &mut Env<'_>, pc: u32, op: &Op, mask: u32) -> Result<(), Fault> {
-        let mut out: Lanes = [0; 32];
+        // `d = f(sources)`: in place for a full warp whose destination is no source, else
+        // through a temporary written to the lanes of `mask`.
+        macro_rules! compute {
+            ($d:expr, [$($s:ident),*], |$out:ident, [$($v:ident),*]| $call:expr) => {{
+                let srcs = [$($s),*];
+                if mask == u32::MAX && let Some(($out, [$($v),*])) = self.operands($d, srcs) {
+                    $call;
+                } else {
+                    let mut tmp: Lanes = [0; 32];
+                    {
+                        let $out = &mut tmp;
+                        let [$($v),*] = srcs.map(|s| self.val(s));
+                        $call;
+                    }
+                    self.write($d, mask, &tmp);
+                }
+            }};
+        }
         match *op {
-            Op::Mov { d, a } => {
-                out = self.read(a);
-                self.write(d, mask, &out);
-            }
+            Op::Mov { d, a } => compute!(d, [a], |out, [x]| super::lanes::map1(x, out, |v| v)),
             Op::Special { d, which } => {
+                let mut out: Lanes = [0; 32];
                 for (lane, o) in out.iter_mut().enumerate() {
                     let t = self.thread(lane as u32, env.block_dim);
                     *o = u64::from(match which {
@@ -284,10 +333,11 @@ impl Warp {
             }
             Op::Pack { d, parts, n, bits: b } => {
                 let part_mask = if b >= 64 { u64::MAX } else { (1u64 << b) - 1 };
+                let mut out: Lanes = [0; 32];
                 for (k, &s) in parts.iter().enumerate().take(usize::from(n)) {
-                    let v = self.read(s);
-                    for (o, x) in out.iter_mut().zip(v) {
-                        *o |= (x & part_mask) << (k as u32 * u32::from(b));
+                    let v = self.val(s);
+                    for (lane, o) in out.iter_mut().enumerate() {
+                        *o |= (super::lanes::at(v, lane) & part_mask) << (k as u32 * u32::from(b));
                     }
                 }
                 self.write(d, mask, &out);
@@ -295,6 +345,7 @@ impl Warp {
             Op::Unpack { a, parts, n, bits: b } => {
                 let v = self.read(a);
                 let part_mask = if b >= 64 { u64::MAX } else { (1u64 << b) - 1 };
+                let mut out: Lanes = [0; 32];
                 for (k, part) in parts.iter().enumerate().take(usize::from(n)) {
                     if let Some(r) = *part {
                         for (o, x) in out.iter_mut().zip(v) {
@@ -304,36 +355,19 @@ impl Warp {
                     }
                 }
             }
-            Op::Int { op, ty, d, a, b } => {
-                int::binary(op, ty, &self.read(a), &self.read(b), &mut out);
-                self.write(d, mask, &out);
-            }
-            Op::IntUn { op, ty, d, a } => {
-                int::unary(op, ty, &self.read(a), &mut out);
-                self.write(d, mask, &out);
-            }
-            Op::MulWide { ty, d, a, b } => {
-                int::mul_wide(ty, &self.read(a), &self.read(b), &mut out);
-                self.write(d, mask, &out);
-            }
+            Op::Int { op, ty, d, a, b } => compute!(d, [a, b], |out, [x, y]| int::binary(op, ty, x, y, out)),
+            Op::IntUn { op, ty, d, a } => compute!(d, [a], |out, [x]| int::unary(op, ty, x, out)),
+            Op::MulWide { ty, d, a, b } => compute!(d, [a, b], |out, [x, y]| int::mul_wide(ty, x, y, out)),
             Op::Float { op, ty, mode, d, a, b } => {
-                float::binary(op, ty, mode, &self.read(a), &self.read(b), &mut out);
-                self.write(d, mask, &out);
+                compute!(d, [a, b], |out, [x, y]| float::binary(op, ty, mode, x, y, out))
             }
-            Op::FloatUn { op, ty, mode, d, a } => {
-                float::unary(op, ty, mode, &self.read(a), &mut out);
-                self.write(d, mask, &out);
-            }
+            Op::FloatUn { op, ty, mode, d, a } => compute!(d, [a], |out, [x]| float::unary(op, ty, mode, x, out)),
             Op::Fma { ty, mode, d, a, b, c } => {
-                float::fma(ty, mode, &self.read(a), &self.read(b), &self.read(c), &mut out);
-                self.write(d, mask, &out);
+                compute!(d, [a, b, c], |out, [x, y, z]| float::fma(ty, mode, x, y, z, out))
             }
-            Op::Cvt { conv, d, a } => {
-                convert::cvt(conv, &self.read(a), &mut out);
-                self.write(d, mask, &out);
-            }
+            Op::Cvt { conv, d, a } => compute!(d, [a], |out, [x]| convert::cvt(conv, x, out)),
             Op::Setp { cmp, ty, p, q, a, b, combine: with } => {
-                let t = compare::setp(cmp, ty, &self.read(a), &self.read(b));
+                let t = compare::setp(cmp, ty, self.val(a), self.val(b));
                 let (pv, qv) = match with {
                     None => (t, !t),
                     Some((op, c)) => {
@@ -349,8 +383,8 @@ impl Warp {
                 }
             }
             Op::Selp { d, a, b, c } => {
-                compare::selp(&self.read(a), &self.read(b), self.pred(c), &mut out);
-                self.write(d, mask, &out);
+                let c = self.pred(c);
+                compute!(d, [a, b], |out, [x, y]| compare::selp(x, y, c, out))
             }
             Op::PredLogic { op, d, a, b } => {
                 let v = match b {
@@ -448,6 +482,7 @@ impl Warp {
         }
         self.shfl_wait &= !waiting_here;
         self.cur_mask |= waiting_here;
+        self.cur_lanes = self.cur_mask.count_ones();
         self.advance();
         Ok(())
     }
