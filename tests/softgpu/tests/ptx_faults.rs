@@ -317,6 +317,10 @@ fn launches_the_kernel_cannot_take() {
     let d = invalid(launch(&m, "r", [1, 1, 1], [128, 1, 1], 0, &[], &mem).unwrap_err());
     assert!(d.contains("reqntid"), "{d}");
     assert!(launch(&m, "r", [1, 1, 1], [64, 2, 1], 0, &[], &mem).is_ok());
+    // A register file the interpreter will not allocate (60000 registers x 1024 threads).
+    let big = module(".visible .entry t()\n{\n\t.reg .b32 %r<60000>;\n\tret;\n}\n");
+    let d = invalid(launch(&big, "t", [1, 1, 1], [1024, 1, 1], 0, &[], &mem).unwrap_err());
+    assert!(d.contains("too many resources"), "{d}");
 }
 
 #[test]

@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::block::Worker;
 use super::{Fault, FaultKind, GlobalMemory, Launch, MAX_BLOCK, MAX_GRID, MAX_SHARED_BYTES_PER_BLOCK, RunStats};
 
+/// The most bytes of registers a block may need in the interpreter (a 64-bit slot per declared
+/// register and thread); nvcc's kernels need a few MiB at most.
+const MAX_REGISTER_FILE_BYTES: u64 = 256 << 20;
+
 /// What every block of a launch shares.
 pub(crate) struct Plan<'a> {
     pub launch: &'a Launch<'a>,
@@ -69,6 +73,18 @@ fn plan<'a>(launch: &'a Launch<'a>, memory: &'a dyn GlobalMemory) -> Result<Plan
         && req != launch.block
     {
         return Err(invalid(launch, format!("block {:?}, the kernel requires {req:?} (.reqntid)", launch.block)));
+    }
+    // The interpreter's register file of a block: a 64-bit slot per register and thread.
+    let register_bytes = u64::from(k.value_regs) * 8 * threads.div_ceil(32) * 32;
+    if register_bytes > MAX_REGISTER_FILE_BYTES {
+        return Err(invalid(
+            launch,
+            format!(
+                "{} registers x {threads} threads need {register_bytes} bytes of registers (at most \
+                 {MAX_REGISTER_FILE_BYTES}): too many resources requested for launch",
+                k.value_regs
+            ),
+        ));
     }
     let shared = k.dynamic_shared_offset + launch.dynamic_shared_bytes as usize;
     let total = k.static_shared_bytes + launch.dynamic_shared_bytes as usize;

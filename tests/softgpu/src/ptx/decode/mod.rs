@@ -32,6 +32,10 @@ pub(crate) const MAX_THREADS_PER_BLOCK: u32 = 1024;
 /// The alignment of the dynamic shared memory that follows the static variables.
 const DYNAMIC_SHARED_ALIGN: u64 = 16;
 
+/// The most value registers (and, apart, predicates) a kernel may declare: far above what
+/// nvcc writes (a few thousand), and what keeps a block's register file within reason.
+pub(crate) const MAX_REGISTERS: u32 = 1 << 16;
+
 fn err<T>(line: usize, message: impl Into<String>) -> Result<T, LoadError> {
     Err(LoadError { line, message: message.into() })
 }
@@ -60,7 +64,7 @@ fn var_layout(v: &VarDecl<'_>) -> Result<(u64, u64), LoadError> {
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
-    x.div_ceil(a) * a
+    x.div_ceil(a).saturating_mul(a)
 }
 
 /// The names an instruction refers to (to know which module-level variables a kernel uses).
@@ -140,7 +144,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>], text: &[&str]) -> Re
         let (size, align) = var_layout(v)?;
         cursor = align_up(cursor, align);
         shared.insert(v.name, cursor);
-        cursor += size;
+        cursor = cursor.saturating_add(size);
     }
     for v in module_vars {
         if shared.contains_key(v.name) || !used.contains(&v.name) {
@@ -153,7 +157,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>], text: &[&str]) -> Re
         } else {
             cursor = align_up(cursor, align);
             shared.insert(v.name, cursor);
-            cursor += size;
+            cursor = cursor.saturating_add(size);
         }
     }
     let static_shared_bytes = cursor;
@@ -218,6 +222,9 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>], text: &[&str]) -> Re
         }
     }
 
+    if ctx.regs.max_values > MAX_REGISTERS || ctx.regs.max_preds > MAX_REGISTERS {
+        return err(e.line, format!("kernel `{}` declares more than {MAX_REGISTERS} registers", e.name));
+    }
     let bound = e.reqntid.or(e.maxntid);
     let max_threads = match bound {
         Some([x, y, z]) => {
