@@ -1,13 +1,108 @@
 //! Running a decoded kernel over a grid: blocks in parallel over the host's cores, the 32 lanes
 //! of a warp together, and every check of [`FaultKind`] on every access.
+//!
+//! # Semantics
+//!
+//! Each instruction follows NVIDIA's PTX ISA (version 9), instruction by instruction; the file
+//! of each family says where the ISA leaves a choice and what softgpu does:
+//!
+//! - `int`: wrapping arithmetic; `mul.hi`, `mul.wide`; shifts clamp their amount to the width;
+//!   division by zero (which the ISA leaves "unspecified, machine-specific") gives all ones for
+//!   `div` and the dividend for `rem`, as the division sequence NVIDIA's compiler emits does.
+//! - `float`: IEEE binary32/binary64 with round-to-nearest-even; `.ftz` flushes subnormal
+//!   `.f32` inputs and results to zeros of the same sign; `.sat` clamps to [0, 1] with NaN to
+//!   +0; NaN results are the canonical NaN (`0x7fffffff` for `.f32`, as CUDA documents;
+//!   `0x7fffffffffffffff` for `.f64`, where the ISA does not say); `min`/`max` return the
+//!   non-NaN operand and order -0 below +0; `abs.f64`/`neg.f64` pass NaN through unchanged.
+//!   `rcp.approx.ftz.f64` follows the ISA's description exactly: the reciprocal of the high 32
+//!   bits of the operand, rounded to 20 fraction bits (the low word of the result is zero).
+//!   No other `.approx` instruction is implemented.
+//! - `convert`: every `cvt` rounding mode; float-to-integer conversions clamp to the
+//!   destination's range, and NaN gives 0, or `1 << (bits - 1)` when the source is `.f64` or
+//!   the destination has 64 bits (the ISA's rule).
+//! - `memory`: global accesses through the driver's [`GlobalMemory`] with host atomics (blocks
+//!   run in parallel), shared memory per block, the parameter buffer.
+//! - `warp`: the 32 lanes run together; each lane has its own program counter and the lanes
+//!   with the lowest one run first, so divergent branches run one side, then the other, and
+//!   reconverge where the program counters meet.
+//! - `block`: the warps of a block run in turn until each waits at a barrier or exits;
+//!   `bar.sync` then completes (see [`FaultKind::BarrierDivergence`] for when it may not).
+//!
+//! # Checks a real GPU does not make
+//!
+//! Each stops the launch with a [`Fault`] naming the kernel, the PTX line, the block and the
+//! thread: a global access outside every live allocation, a shared access outside the block's
+//! shared memory, a misaligned access, a read of shared memory the block never wrote, a
+//! `bar.sync` not every thread reaches, a `shfl.sync` whose mask is wrong, and a launch the
+//! kernel cannot take.
+//!
+//! # What softgpu cannot check
+//!
+//! - Timing: blocks run in any order, a warp runs until it waits, and nothing measures time.
+//! - The memory model beyond barriers and atomics: a data race between blocks (or between warps
+//!   of a block without a barrier) is not detected, and plain accesses are never reordered,
+//!   so a kernel missing a fence can pass here and fail on hardware. Fences (`membar`,
+//!   `fence`) are not implemented at all.
+//! - The driver's compilation of PTX to machine code (ptxas): its bugs, register pressure,
+//!   spills and launch failures for lack of registers.
+//! - Hardware limits other than those of [`run`]'s launch checks (registers per block,
+//!   occupancy), and what the hardware does for undefined behaviour (it is an error here).
+//! - Forward progress: a warp spinning on a value another lane of the same warp must write
+//!   (possible with independent thread scheduling) never ends, as lanes run lowest PC first.
+
+mod block;
+mod compare;
+mod convert;
+mod float;
+mod grid;
+mod int;
+mod lanes;
+mod memory;
+mod shuffle;
+pub(crate) mod softfloat;
+mod warp;
 
 use crate::ptx::Kernel;
 
+/// The most shared memory (static and dynamic) a block may have: 227 KiB, the opt-in maximum of
+/// sm_90. The default of 48 KiB of dynamic shared memory and its opt-in attribute are the
+/// driver's to check.
+pub const MAX_SHARED_BYTES_PER_BLOCK: usize = 227 * 1024;
+
+/// The largest grid: x, y, z.
+pub const MAX_GRID: [u32; 3] = [(1 << 31) - 1, 65_535, 65_535];
+
+/// The largest block: x, y, z (and at most 1024 threads in all).
+pub const MAX_BLOCK: [u32; 3] = [1024, 1024, 64];
+
+/// A live allocation of global memory: its device range and where its bytes are on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// The device address of its first byte.
+    pub base: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The host address of its first byte.
+    pub host: *mut u8,
+}
+
 /// Global memory as the device sees it: the driver's table of live allocations.
+///
+/// The interpreter reads and writes the host bytes with atomic operations of the access's size
+/// (blocks run in parallel), so the host address of every device address `a` must be aligned as
+/// `a` is, modulo 16; and the memory must stay allocated while [`run`] runs.
 pub trait GlobalMemory: Sync {
     /// The host address of the `len` bytes at device address `addr`, when they lie wholly inside
     /// one live allocation; `None` otherwise (the access is then an illegal address).
     fn resolve(&self, addr: u64, len: u64) -> Option<*mut u8>;
+
+    /// The live allocation that contains `addr`, if the driver can tell. The interpreter keeps
+    /// the last one it got per worker and checks accesses inside it without calling
+    /// [`GlobalMemory::resolve`]: implementing this makes launches faster, never different.
+    fn allocation(&self, addr: u64) -> Option<Allocation> {
+        let _ = addr;
+        None
+    }
 }
 
 /// One launch: the kernel, its geometry and its arguments.
@@ -34,12 +129,25 @@ pub enum FaultKind {
     /// An access not aligned to its size (`CUDA_ERROR_MISALIGNED_ADDRESS`).
     MisalignedAddress,
     /// A read of shared memory that no thread of the block wrote (`CUDA_ERROR_ILLEGAL_ADDRESS`:
-    /// a real GPU would return garbage).
+    /// a real GPU would return garbage). Atomics read what they modify, so they count as reads.
     UninitializedShared,
     /// A `bar.sync` that not every live thread of the block reaches (`CUDA_ERROR_ILLEGAL_INSTRUCTION`).
+    ///
+    /// `bar.sync` is `barrier.sync.aligned`: the PTX ISA requires every thread of the block to
+    /// execute the same barrier instruction. So a barrier completes when every thread of the
+    /// block waits at it, and it is this fault when, with every thread of the block either
+    /// exited or waiting, some thread has exited (it will never arrive) or the threads wait at
+    /// different `bar.sync` instructions. (A block whose threads all exit, having passed the
+    /// same barriers, is fine.)
     BarrierDivergence,
     /// A `shfl.sync` whose mask misses a lane that takes part, or names an exited one
     /// (`CUDA_ERROR_ILLEGAL_INSTRUCTION`).
+    ///
+    /// Precisely: a lane executing `shfl.sync` must be in its own `membermask`, every lane
+    /// executing it must pass the same `membermask`, every lane named must be a thread of the
+    /// block that has not exited, and every lane a value is read from must be in the mask. The
+    /// lanes wait for each other at the instruction (as the ISA says); if a named lane can never
+    /// arrive (its warp has no other lane left to run), that is this fault too.
     ShuffleMask,
     /// A launch the kernel cannot take: the wrong parameters, too many threads, too much shared
     /// memory (`CUDA_ERROR_INVALID_VALUE`; reported before anything runs).
@@ -87,15 +195,28 @@ impl std::fmt::Display for Fault {
     }
 }
 
+impl std::error::Error for Fault {}
+
+/// What a launch executed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Blocks run.
+    pub blocks: u64,
+    /// Instructions issued to a warp (once for all its lanes that take part).
+    pub warp_instructions: u64,
+    /// Instructions issued, counted once per lane that takes part (guarded-off lanes included).
+    pub lane_instructions: u64,
+}
+
 /// Runs `launch` to completion over `memory`, or to the first fault.
+///
+/// When several blocks fault, the fault of the lowest block (x fastest, then y, then z) is
+/// returned; blocks after it may not have run.
 pub fn run(launch: &Launch<'_>, memory: &dyn GlobalMemory) -> Result<(), Fault> {
-    let _ = memory;
-    Err(Fault {
-        kind: FaultKind::InvalidLaunch,
-        kernel: launch.kernel.name().to_string(),
-        ptx_line: 0,
-        block: [0; 3],
-        thread: [0; 3],
-        detail: "the interpreter is not written yet".into(),
-    })
+    grid::run(launch, memory).map(|_| ())
+}
+
+/// [`run`], returning what was executed.
+pub fn run_with_stats(launch: &Launch<'_>, memory: &dyn GlobalMemory) -> Result<RunStats, Fault> {
+    grid::run(launch, memory)
 }

@@ -216,7 +216,7 @@ pub(crate) enum ShflMode {
 }
 
 /// What one instruction does.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Op {
     /// `mov` of a value (register or immediate); also `cvta.to.global` (generic addresses of
     /// global memory are global addresses).

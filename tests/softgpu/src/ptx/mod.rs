@@ -30,13 +30,10 @@
 //!   `shfl.sync` (`up down bfly idx`).
 
 mod decode;
-// Until the interpreter runs it (next commit).
-#[allow(dead_code)]
 pub(crate) mod inst;
 mod lexer;
 mod parser;
 mod syntax;
-#[allow(dead_code)] // Until the interpreter runs it (next commit).
 pub(crate) mod types;
 
 use std::sync::Arc;
@@ -77,7 +74,6 @@ pub struct Module {
 
 /// A decoded kernel, ready to run any number of times.
 #[derive(Debug)]
-#[allow(dead_code)] // Until the interpreter runs it (next commit).
 pub struct Kernel {
     pub(crate) name: String,
     pub(crate) params: Vec<ParamInfo>,
@@ -100,6 +96,8 @@ pub struct Kernel {
     pub(crate) code: Vec<Inst>,
     /// The PTX line of each instruction.
     pub(crate) lines: Vec<u32>,
+    /// The text of each instruction (for faults).
+    pub(crate) source: Vec<Box<str>>,
 }
 
 impl Module {
@@ -115,7 +113,7 @@ impl Module {
     /// ```
     pub fn load(text: &str) -> Result<Module, LoadError> {
         let syntax = parser::parse(text)?;
-        let kernels = decode::module(&syntax)?;
+        let kernels = decode::module(&syntax, text)?;
         Ok(Module { kernels: kernels.into_iter().map(Arc::new).collect() })
     }
 

@@ -102,10 +102,10 @@ fn st(ctx: &mut Ctx<'_>, q: &mut Quals<'_>, ops: &[Operand<'_>]) -> Result<Op, L
     match &ops[1] {
         Operand::Vector(parts) if parts.len() == usize::from(n) && n > 1 => {
             for (slot, p) in src.iter_mut().zip(parts) {
-                *slot = ctx.src(p, ty)?;
+                *slot = ctx.src_wide(p, ty)?;
             }
         }
-        op if n == 1 => src[0] = ctx.src(op, ty)?,
+        op if n == 1 => src[0] = ctx.src_wide(op, ty)?,
         _ => return Err(ctx.error(format!("`{}` needs {n} source operands", q.opcode))),
     }
     Ok(Op::St { space, size, n, src, addr: ctx.addr(&ops[0])? })

@@ -32,6 +32,10 @@ pub(crate) const MAX_THREADS_PER_BLOCK: u32 = 1024;
 /// The alignment of the dynamic shared memory that follows the static variables.
 const DYNAMIC_SHARED_ALIGN: u64 = 16;
 
+/// The most value registers (and, apart, predicates) a kernel may declare: far above what
+/// nvcc writes (a few thousand), and what keeps a block's register file within reason.
+pub(crate) const MAX_REGISTERS: u32 = 1 << 16;
+
 fn err<T>(line: usize, message: impl Into<String>) -> Result<T, LoadError> {
     Err(LoadError { line, message: message.into() })
 }
@@ -60,7 +64,7 @@ fn var_layout(v: &VarDecl<'_>) -> Result<(u64, u64), LoadError> {
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
-    x.div_ceil(a) * a
+    x.div_ceil(a).saturating_mul(a)
 }
 
 /// The names an instruction refers to (to know which module-level variables a kernel uses).
@@ -76,7 +80,8 @@ fn symbols<'a>(ops: &[Operand<'a>], out: &mut Vec<&'a str>) {
 }
 
 /// Decodes every `.entry` of `m`.
-pub(crate) fn module(m: &ModuleSyntax<'_>) -> Result<Vec<Kernel>, LoadError> {
+pub(crate) fn module(m: &ModuleSyntax<'_>, text: &str) -> Result<Vec<Kernel>, LoadError> {
+    let source: Vec<&str> = text.lines().collect();
     let mut names = HashMap::new();
     for v in &m.variables {
         if names.insert(v.name, v.line).is_some() {
@@ -88,13 +93,13 @@ pub(crate) fn module(m: &ModuleSyntax<'_>) -> Result<Vec<Kernel>, LoadError> {
         if kernels.iter().any(|k: &Kernel| k.name == e.name) {
             return err(e.line, format!("kernel `{}` defined twice", e.name));
         }
-        kernels.push(kernel(e, &m.variables)?);
+        kernels.push(kernel(e, &m.variables, &source)?);
     }
     Ok(kernels)
 }
 
 /// Decodes one `.entry`.
-fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, LoadError> {
+fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>], text: &[&str]) -> Result<Kernel, LoadError> {
     // Parameters: laid out in order, each at its alignment.
     let mut params = Vec::with_capacity(e.params.len());
     let mut param_offsets = Vec::with_capacity(e.params.len());
@@ -139,7 +144,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
         let (size, align) = var_layout(v)?;
         cursor = align_up(cursor, align);
         shared.insert(v.name, cursor);
-        cursor += size;
+        cursor = cursor.saturating_add(size);
     }
     for v in module_vars {
         if shared.contains_key(v.name) || !used.contains(&v.name) {
@@ -152,7 +157,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
         } else {
             cursor = align_up(cursor, align);
             shared.insert(v.name, cursor);
-            cursor += size;
+            cursor = cursor.saturating_add(size);
         }
     }
     let static_shared_bytes = cursor;
@@ -180,6 +185,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
     let mut ctx = Ctx::new(RegTable::new(), labels, shared, param_names);
     let mut code = Vec::with_capacity(count as usize);
     let mut lines = Vec::with_capacity(count as usize);
+    let mut source = Vec::with_capacity(count as usize);
     let mut last_line = e.line;
     for s in &e.body {
         match s {
@@ -198,6 +204,8 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
                 ctx.line = i.line;
                 code.push(instruction(&mut ctx, i)?);
                 lines.push(u32::try_from(i.line).unwrap_or(u32::MAX));
+                let t = text.get(i.line.wrapping_sub(1)).map_or("", |l| l.trim());
+                source.push(t.trim_end_matches(';').trim().into());
             }
         }
     }
@@ -206,7 +214,17 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
         Some(Inst { guard: None, op: Op::Exit | Op::Bra { .. } }) => {}
         _ => return err(last_line, format!("kernel `{}` can run past its last instruction", e.name)),
     }
+    for (inst, line) in code.iter().zip(&lines) {
+        if let Op::Bra { target } = inst.op
+            && target as usize >= code.len()
+        {
+            return err(*line as usize, format!("kernel `{}`: a branch past its last instruction", e.name));
+        }
+    }
 
+    if ctx.regs.max_values > MAX_REGISTERS || ctx.regs.max_preds > MAX_REGISTERS {
+        return err(e.line, format!("kernel `{}` declares more than {MAX_REGISTERS} registers", e.name));
+    }
     let bound = e.reqntid.or(e.maxntid);
     let max_threads = match bound {
         Some([x, y, z]) => {
@@ -232,6 +250,7 @@ fn kernel(e: &EntrySyntax<'_>, module_vars: &[VarDecl<'_>]) -> Result<Kernel, Lo
         pred_regs: ctx.regs.max_preds,
         code,
         lines,
+        source,
     })
 }
 

@@ -139,7 +139,7 @@ fn cvt(ctx: &mut Ctx<'_>, q: &mut Quals<'_>, ops: &[Operand<'_>]) -> Result<Op, 
     }
     ctx.count(ops, 2, q.opcode)?;
     let d = ctx.dst(&ops[0], to.bits())?;
-    let a = ctx.src(&ops[1], from)?;
+    let a = ctx.src_wide(&ops[1], from)?;
     let conv = match (FloatTy::of(to), FloatTy::of(from), to.int_ty(), from.int_ty()) {
         (None, None, Some(_), Some(fi)) => {
             if int_rnd.is_some() || float_rnd.is_some() || ftz {

@@ -99,13 +99,23 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// A source of type `ty`: a register (as wide, or wider for integer types: PTX then uses
-    /// its low bits), an immediate of the type, or the address of a shared variable.
+    /// A source of type `ty`: a register of its width, an immediate of the type, or the
+    /// address of a shared variable.
     pub(crate) fn src(&self, op: &Operand<'_>, ty: Scalar) -> Result<Src, LoadError> {
+        self.src_of(op, ty, false)
+    }
+
+    /// [`Ctx::src`], where a wider register is allowed for an integer type: `st` and `cvt` then
+    /// use its low bits (the ISA's "operand size exceeding instruction-type size").
+    pub(crate) fn src_wide(&self, op: &Operand<'_>, ty: Scalar) -> Result<Src, LoadError> {
+        self.src_of(op, ty, true)
+    }
+
+    fn src_of(&self, op: &Operand<'_>, ty: Scalar, wide: bool) -> Result<Src, LoadError> {
         let bits = ty.bits();
         match op {
             Operand::Reg(name) => match self.reg(name)? {
-                (RegClass::Bits(b), r) if b == bits || (b > bits && ty.is_int()) => Ok(Src::Reg(r)),
+                (RegClass::Bits(b), r) if b == bits || (wide && b > bits && ty.is_int()) => Ok(Src::Reg(r)),
                 (RegClass::Bits(b), _) => Err(self.error(format!("`{name}` has {b} bits, the operand is {bits}"))),
                 (RegClass::Pred, _) => Err(self.error(format!("`{name}` is a predicate, the operand is a value"))),
             },
