@@ -23,9 +23,11 @@ pub(crate) const KERNELS: &[KernelSpec] = &[
 /// [`crate::search::kl::threshold_index`] on the GPU: the index into the edges, `k* + 132`, or
 /// `None` when no window sum is finite.
 pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option<usize>, GpuError> {
-    // The cases without a search, exactly as the CPU's: too few bins for a window, or no counts.
+    // The cases without a search, exactly as the CPU's: too few bins for a window (SPEC §4: the
+    // `len - 127` divergences must hold one window of 9 and the two left out after it), or no
+    // counts.
     let len = hist.len();
-    if len < START_BIN + WINDOW + 2 {
+    if len < START_BIN + WINDOW + 1 {
         return Ok(None);
     }
     let total = hist[1..].iter().try_fold(hist[1], |t, &h| t.checked_add(h));
