@@ -8,6 +8,7 @@ use cudarc::driver::sys::CUresult;
 use super::memory::MemoryTable;
 use super::module::Function;
 use super::properties::{MAX_BLOCK_DIM, MAX_GRID_DIM, MAX_THREADS_PER_BLOCK, OPTIN_SHARED_PER_BLOCK};
+use super::stats;
 use super::stream::{Failure, Work};
 use crate::exec::{self, FaultKind};
 
@@ -89,7 +90,12 @@ pub fn work(memory: &'static MemoryTable, function: Arc<Function>, g: Geometry, 
             dynamic_shared_bytes: g.dynamic_shared,
             params: &slices,
         };
-        exec::run(&launch, &snapshot).map_err(|fault| {
+        let start = std::time::Instant::now();
+        let outcome = exec::run_with_stats(&launch, &snapshot);
+        if let Ok(run) = &outcome {
+            stats::record(run, start.elapsed());
+        }
+        outcome.map(|_| ()).map_err(|fault| {
             let code = match fault.kind {
                 // Checked at the call; reaching the interpreter, it is a failed launch.
                 FaultKind::InvalidLaunch => CUresult::CUDA_ERROR_LAUNCH_FAILED,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use cudarc::driver::sys::CUresult;
 
 use super::properties::TOTAL_MEMORY;
-use crate::exec::GlobalMemory;
+use crate::exec::{self, GlobalMemory};
 
 /// The first device address of device 0.
 pub const BASE: u64 = 1 << 48;
@@ -173,12 +173,24 @@ pub struct Snapshot {
     allocations: Vec<Arc<Allocation>>,
 }
 
+impl Snapshot {
+    /// The allocation that starts at or before `addr` (the only one that may contain it).
+    fn at(&self, addr: u64) -> Option<&Arc<Allocation>> {
+        let i = self.allocations.partition_point(|a| a.base <= addr).checked_sub(1)?;
+        Some(&self.allocations[i])
+    }
+}
+
 impl GlobalMemory for Snapshot {
     fn resolve(&self, addr: u64, len: u64) -> Option<*mut u8> {
-        let i = self.allocations.partition_point(|a| a.base <= addr).checked_sub(1)?;
-        let a = &self.allocations[i];
+        let a = self.at(addr)?;
         let end = addr.checked_add(len)?;
         (end <= a.base + a.len).then(|| a.host(addr))
+    }
+
+    fn allocation(&self, addr: u64) -> Option<exec::Allocation> {
+        let a = self.at(addr)?;
+        (addr < a.base + a.len).then(|| exec::Allocation { base: a.base, len: a.len, host: a.host(a.base) })
     }
 }
 
@@ -206,6 +218,9 @@ mod tests {
         assert!(s.resolve(a - 1, 1).is_none());
         assert!(s.resolve(a + 10, 1).is_none());
         assert!(s.resolve(u64::MAX, 2).is_none());
+        let whole = s.allocation(a + 9).unwrap();
+        assert_eq!((whole.base, whole.len, whole.host), (a, 10, p));
+        assert!(s.allocation(a + 10).is_none());
         m.free(a).unwrap();
         assert_eq!(m.free(a).unwrap_err(), CUresult::CUDA_ERROR_INVALID_VALUE);
         assert!(m.find(a, 1).is_none() && m.find(b + 299, 1).is_some() && m.find(b + 299, 2).is_none());

@@ -9,6 +9,7 @@ pub mod launch;
 pub mod memory;
 pub mod module;
 pub mod properties;
+pub mod stats;
 pub mod stream;
 pub mod transfer;
 
