@@ -21,12 +21,6 @@ impl LazyEngine {
     pub(crate) fn auto() -> LazyEngine {
         LazyEngine(OnceLock::new())
     }
-
-    /// Whether the engine has been chosen yet.
-    #[cfg(test)]
-    pub(crate) fn is_resolved(&self) -> bool {
-        self.0.get().is_some()
-    }
 }
 
 impl From<Engine> for LazyEngine {
