@@ -78,4 +78,4 @@ pub use observer::{
     KlObserver, MinMaxObserver, MixObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
     MseObserver, Observer, ObserverConfig, ObserverKind, ObserverSpec, ObserverState, PercentileObserver, QParams,
 };
-pub use tensor::{Element, TensorView};
+pub use tensor::{Element, OwnedTensor, TensorView};

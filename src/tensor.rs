@@ -4,7 +4,7 @@
 //! at a time, inside the loops that read them.
 
 use half::{bf16, f16};
-use ndarray::{ArrayViewD, Axis, Dimension};
+use ndarray::{ArrayD, ArrayViewD, Axis, Dimension};
 
 /// An element type a tensor can hold: f32, or f16 and bf16, which are widened exactly.
 pub trait Element: Copy + Send + Sync + 'static {
@@ -169,6 +169,47 @@ impl TensorView<'_> {
             TensorView::F32(_) => f32::NAME,
             TensorView::F16(_) => f16::NAME,
             TensorView::BF16(_) => bf16::NAME,
+        }
+    }
+}
+
+/// A host tensor that owns its values: f32, f16 or bf16 of any shape (a device tensor copied to
+/// the host, or a tensor read from a file that could not be used in place).
+///
+/// ```
+/// use qcalib::{OwnedTensor, TensorView};
+/// let t = OwnedTensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 3])));
+/// let v: TensorView<'_> = t.view();
+/// assert_eq!((v.shape(), v.dtype_name()), (&[2, 3][..], "f32"));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum OwnedTensor {
+    /// f32 values.
+    F32(ArrayD<f32>),
+    /// f16 values.
+    F16(ArrayD<f16>),
+    /// bf16 values.
+    BF16(ArrayD<bf16>),
+}
+
+impl OwnedTensor {
+    /// A view for the observers.
+    pub fn view(&self) -> TensorView<'_> {
+        match self {
+            OwnedTensor::F32(a) => a.into(),
+            OwnedTensor::F16(a) => a.into(),
+            OwnedTensor::BF16(a) => a.into(),
+        }
+    }
+}
+
+impl TensorView<'_> {
+    /// A copy that owns its values (in the same memory order when the view is dense).
+    pub fn to_owned(&self) -> OwnedTensor {
+        match self {
+            TensorView::F32(v) => OwnedTensor::F32(v.to_owned()),
+            TensorView::F16(v) => OwnedTensor::F16(v.to_owned()),
+            TensorView::BF16(v) => OwnedTensor::BF16(v.to_owned()),
         }
     }
 }

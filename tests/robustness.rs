@@ -334,7 +334,7 @@ mod files {
         refused("negative.npy", &npy(&h("(-1, 4)"), &[]), "bad dimension");
         refused("text.npy", &npy(&h("('a',)"), &[]), "bad dimension");
         refused("no-shape.npy", &npy("{'descr': '<f4', 'fortran_order': False}\n", &[]), "'shape'");
-        refused("list-shape.npy", &npy(&h("[2, 2]"), &[0; 16]), "malformed 'shape'");
+        refused("list-shape.npy", &npy(&h("[2, 2]"), &[0; 16]), "'shape'");
         refused("no-descr.npy", &npy("{'shape': (1,), 'fortran_order': False}\n", &[0; 4]), "'descr'");
         refused(
             "utf8.npy",
@@ -343,7 +343,8 @@ mod files {
         );
         let mut bad_utf8 = npy(&h("(1,)"), &[0; 4]);
         bad_utf8[12] = 0xff;
-        refused("bad-utf8.npy", &bad_utf8, "not text");
+        // Versions 1.0 and 2.0 are latin-1 (numpy reads them so): the byte is a letter of an unknown key.
+        refused("bad-utf8.npy", &bad_utf8, "unknown key");
         // A version 2 header that claims 4 GiB: refused before anything that size is allocated.
         let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
         v2.extend(u32::MAX.to_le_bytes());

@@ -467,8 +467,9 @@ mod processes {
         dir
     }
 
-    fn write_npy(path: &Path, values: &[f32]) {
-        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", values.len());
+    /// The magic, version, length and header of a `.npy` file of `len` f32 values.
+    fn npy_prefix(len: usize) -> Vec<u8> {
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({len},), }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -476,6 +477,11 @@ mod processes {
         let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
         bytes.extend((header.len() as u16).to_le_bytes());
         bytes.extend(header.as_bytes());
+        bytes
+    }
+
+    fn write_npy(path: &Path, values: &[f32]) {
+        let mut bytes = npy_prefix(values.len());
         bytes.extend(values.iter().flat_map(|x| x.to_le_bytes()));
         std::fs::write(path, bytes).unwrap();
     }
@@ -611,25 +617,33 @@ mod processes {
         assert!(start.elapsed() < PATIENT);
     }
 
-    /// Starts 3 ranks where rank `victim` blocks on a named pipe at its second batch, kills it, and
-    /// returns the other ranks' outputs and how long they took.
-    #[cfg(unix)]
-    fn kill_a_rank(victim: usize) -> Option<(Vec<(usize, Output)>, Duration)> {
+    /// Starts 3 ranks where rank `victim`'s second batch is large (128 MB of zeros, a sparse file),
+    /// kills it while it observes that batch (the file is memory-mapped then, so
+    /// `/proc/PID/maps` names it; the other ranks are waiting for it), and returns the other
+    /// ranks' outputs and how long they took. (Batch files must be regular files: a named pipe
+    /// that blocks the victim is refused at once.)
+    #[cfg(target_os = "linux")]
+    fn kill_a_rank(victim: usize) -> (Vec<(usize, Output)>, Duration) {
         let dir = scratch(&format!("kill{victim}"));
         let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
         write_npy(&a, &[1.0, -2.0]);
         write_npy(&b, &[3.0, -1.0]);
-        let fifo = dir.join("fifo.npy");
-        if !Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false) {
-            eprintln!("SKIPPED: mkfifo is not available");
-            return None;
-        }
+        let large = dir.join("large.npy");
+        let elements = 32usize << 20;
+        let prefix = npy_prefix(elements);
+        std::fs::write(&large, &prefix).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&large)
+            .unwrap()
+            .set_len((prefix.len() + 4 * elements) as u64)
+            .unwrap();
         let port = free_port();
         let timeout_s = 60.0;
         let start = Instant::now();
         let mut children: Vec<(usize, Child)> = (0..3)
             .map(|r| {
-                let second = if r == victim { fifo.clone() } else { b.clone() };
+                let second = if r == victim { large.clone() } else { b.clone() };
                 (
                     r,
                     spawn_rank(
@@ -642,40 +656,37 @@ mod processes {
                 )
             })
             .collect();
-        // Opening the pipe for writing returns once the victim opens it for reading (after step 1,
-        // so every rank has joined); the victim then waits for data that never comes.
-        let (opened, wait_open) = std::sync::mpsc::channel();
-        let pipe = fifo.clone();
-        std::thread::spawn(move || {
-            let writer = std::fs::OpenOptions::new().write(true).open(pipe);
-            let _ = opened.send(writer);
-        });
-        let writer = wait_open.recv_timeout(PATIENT).expect("the victim never opened its pipe");
+        let pid = children[victim].1.id();
+        let observing =
+            || std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains("large.npy"));
+        while !observing() {
+            assert!(start.elapsed() < PATIENT, "the victim never mapped its large batch");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let (_, mut child) = children.remove(victim);
         child.kill().unwrap();
         let _ = child.wait();
-        drop(writer);
         let outs: Vec<(usize, Output)> =
             children.into_iter().map(|(r, c)| (r, c.wait_with_output().unwrap())).collect();
         let took = start.elapsed();
         assert!(took < Duration::from_secs_f64(timeout_s / 2.0), "the ranks waited for the timeout: {took:?}");
-        Some((outs, took))
+        (outs, took)
     }
 
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_killed_rank_fails_the_others_at_once_naming_it() {
-        let Some((outs, _)) = kill_a_rank(1) else { return };
+        let (outs, _) = kill_a_rank(1);
         for (r, o) in outs {
             assert!(!o.status.success(), "rank {r}");
             assert!(stderr(&o).contains("rank 1 left"), "rank {r}: {}", stderr(&o));
         }
     }
 
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_killed_rank_0_fails_the_others_at_once_naming_it() {
-        let Some((outs, _)) = kill_a_rank(0) else { return };
+        let (outs, _) = kill_a_rank(0);
         for (r, o) in outs {
             assert!(!o.status.success(), "rank {r}");
             assert!(stderr(&o).contains("store of rank 0"), "rank {r}: {}", stderr(&o));

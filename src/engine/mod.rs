@@ -18,16 +18,13 @@ mod lazy;
 
 use std::sync::Arc;
 
-use half::{bf16, f16};
-use ndarray::ArrayD;
-
 pub use device::Device;
 pub(crate) use lazy::LazyEngine;
 
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::search;
-use crate::tensor::TensorView;
+use crate::tensor::{OwnedTensor, TensorView};
 
 /// Per-channel extremes of a tensor (one entry per channel; one in all for per-tensor).
 #[derive(Clone, Debug, PartialEq)]
@@ -56,24 +53,6 @@ impl Extremes {
     }
 }
 
-/// A tensor copied from a device to the host.
-#[derive(Debug)]
-pub(crate) enum HostTensor {
-    F32(ArrayD<f32>),
-    F16(ArrayD<f16>),
-    BF16(ArrayD<bf16>),
-}
-
-impl HostTensor {
-    fn view(&self) -> TensorView<'_> {
-        match self {
-            HostTensor::F32(a) => a.into(),
-            HostTensor::F16(a) => a.into(),
-            HostTensor::BF16(a) => a.into(),
-        }
-    }
-}
-
 /// A batch as an engine holds it while an observer works on it.
 #[derive(Debug)]
 pub(crate) enum Loaded<'a> {
@@ -81,7 +60,7 @@ pub(crate) enum Loaded<'a> {
     /// on any engine: there is nothing to upload.
     Host(TensorView<'a>),
     /// A device tensor copied to the host for the CPU engine.
-    HostCopy(HostTensor),
+    HostCopy(OwnedTensor),
     /// A batch on a GPU, for the CUDA engine.
     Cuda(cuda::batch::DeviceBatch<'a>),
 }

@@ -41,17 +41,42 @@
 //! Numbers are written in the shortest form that reads back to the same f32, so a state read
 //! back is bit for bit the state saved. Counts are at most `2^63 - 1`.
 //!
-//! Reading refuses, with an [`Error`] that says why: another `format`, a `version` this build
-//! does not know (a newer qcalib's), unknown or missing fields, and contents that contradict
-//! each other or the configuration (e.g. `min_val` and `max_val` of different lengths, a KL
-//! histogram without its edges). Loading into an observer also refuses a state of another kind
-//! or with other parameters ([`Error::StateMismatch`] names the parameter).
+//! Reading refuses, with an [`Error`] that says why and names the field: text that is not JSON
+//! or repeats a key in any object (where JSON readers keep one of the two silently), another
+//! `format`, a `version` this build does not know (a newer qcalib's), unknown or missing fields,
+//! and every contradiction between the contents and the configuration that can be checked
+//! without the batches ([`ObserverState::validate`]):
+//!
+//! - a configuration no observer takes (a parameter outside its domain, e.g. KL `bins` below
+//!   256 or an `averaging_constant` above 1);
+//! - `min_val` and `max_val` of different lengths, several values for a per-tensor observer,
+//!   non-finite values;
+//! - statistics without the batches that make them (`batches` is 0, or for KL fewer than
+//!   `update_interval`), or batches without statistics (except that with `is_sync_quantize` a
+//!   rank can hold the statistics of others);
+//! - `min_val` greater than `max_val` in a channel where the observer cannot produce it: always
+//!   for KL (whose range is `±amax`: `min_val` is exactly `-max_val`), and for the min-max
+//!   observers and MSE when the range is one batch's (`batches` 1 without `is_sync_quantize`,
+//!   or `averaging_constant` 0). After a moving average it is not a contradiction: the update
+//!   `old + c * (cur - old)` rounds in f32 (SPEC §2, the plugin's arithmetic), and with `c` near
+//!   1 it can leave `min_val` above `max_val`; Percentile and Mix clip a one-sided batch to a
+//!   range whose ends can cross (SPEC §4);
+//! - a KL window ([`KlWindow`]) whose `step` is not `batches` modulo `update_interval` (both
+//!   count the same batches), whose edges are not the ones the observer computes from `width`
+//!   and the bin count (SPEC §4: `e[m] = m * w`, the top edge `bins * w`, or the first batch's
+//!   `amax` with `w = amax / bins`), with fewer counts than batches in the window (each adds at
+//!   least one value), or counts, edges or a width in a window that holds no batch.
+//!
+//! Batch sizes are not part of the state, so the counts are bounded by the batch count only
+//! from below. Loading into an observer also refuses a state of another kind or with other
+//! parameters ([`Error::StateMismatch`] names the parameter).
 //!
 //! What a state does not hold: the device and the process group (set them on the observer
 //! after restoring it).
 
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::MAX_BINS;
 use crate::error::{Error, Result};
@@ -105,11 +130,13 @@ struct Fields {
 impl TryFrom<Value> for ObserverState {
     type Error = Error;
 
+    /// Reads a state and checks it: its configuration (every parameter in its domain, by the
+    /// checks of the observer's constructor) and its contents ([`ObserverState::validate`]).
     fn try_from(value: Value) -> Result<Self> {
         check_header(&value)?;
         let f: Fields =
             serde_json::from_value(value).map_err(|e| Error::State(format!("malformed observer state: {e}")))?;
-        Ok(ObserverState {
+        let state = ObserverState {
             format: f.format,
             version: f.version,
             config: f.config,
@@ -117,7 +144,12 @@ impl TryFrom<Value> for ObserverState {
             min_val: f.min_val,
             max_val: f.max_val,
             kl_window: f.kl_window,
-        })
+        };
+        // Building the observer runs its own checks of the parameters (a state written by qcalib
+        // has a configuration an observer was built with; one read may not).
+        state.config.build().map_err(|e| Error::State(format!("`config`: {e}")))?;
+        state.validate()?;
+        Ok(state)
     }
 }
 
@@ -180,10 +212,7 @@ impl ObserverState {
     /// Reads a state written by [`ObserverState::to_json`] (or any JSON of the format), checking
     /// the format, the version and the consistency of the contents.
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).map_err(|e| Error::State(format!("not valid JSON: {e}")))?;
-        let state = ObserverState::try_from(value)?;
-        state.validate()?;
-        Ok(state)
+        ObserverState::try_from(parse_json_strict(text)?)
     }
 
     /// A new observer of the state's kind and configuration, holding the state (on the default
@@ -227,13 +256,16 @@ impl ObserverState {
 
     /// Checks the format, the version, and that the contents agree with each other and with the
     /// state's configuration (what [`ObserverState::from_json`] and loading check).
+    ///
+    /// The checks are listed in the [module documentation](self); each error names the field.
     pub fn validate(&self) -> Result<()> {
         self.check_format()?;
         let bad = |what: String| Err(Error::State(what));
         if self.min_val.len() != self.max_val.len() {
             return bad(format!("`min_val` has {} value(s) but `max_val` {}", self.min_val.len(), self.max_val.len()));
         }
-        if !self.config.quant().qscheme.is_per_channel() && self.min_val.len() > 1 {
+        let quant = self.config.quant();
+        if !quant.qscheme.is_per_channel() && self.min_val.len() > 1 {
             return bad(format!("a per-tensor observer with {} values in `min_val`", self.min_val.len()));
         }
         if let Some(v) = self.min_val.iter().chain(&self.max_val).find(|v| !v.is_finite()) {
@@ -242,8 +274,30 @@ impl ObserverState {
         if self.batches > MAX_COUNT {
             return bad(format!("`batches` {} is more than {MAX_COUNT}", self.batches));
         }
+        // The first update: after the first batch, for KL after the first window.
+        let first_update = match &self.config {
+            ObserverConfig::Kl(c) => c.update_interval as u64,
+            _ => 1,
+        };
+        let has_stats = !self.min_val.is_empty();
+        if !has_stats && self.batches >= first_update {
+            return bad(format!(
+                "`batches` {} but `min_val` and `max_val` are empty (the statistics exist after {first_update} \
+                 batch(es))",
+                self.batches
+            ));
+        }
+        if has_stats && self.batches < first_update && !quant.is_sync_quantize {
+            return bad(format!(
+                "`min_val` and `max_val` hold statistics but `batches` is {} (they need {first_update} batch(es))",
+                self.batches
+            ));
+        }
+        self.check_order()?;
         match (&self.config, &self.kl_window) {
-            (ObserverConfig::Kl(config), Some(window)) => check_kl_window(window, config.bins, config.update_interval),
+            (ObserverConfig::Kl(config), Some(window)) => {
+                check_kl_window(window, config.bins, config.update_interval, self.batches)
+            }
             (ObserverConfig::Kl(_), None) => bad("a KL observer state without its `kl_window`".into()),
             (_, Some(_)) => bad(format!("a `kl_window` in the state of a {} observer", self.kind())),
             (_, None) => Ok(()),
@@ -251,11 +305,54 @@ impl ObserverState {
     }
 }
 
-/// The checks of a KL window that keep the observer's arithmetic sound.
-fn check_kl_window(w: &KlWindow, bins: usize, update_interval: usize) -> Result<()> {
+impl ObserverState {
+    /// `min_val[c] <= max_val[c]` where the observer guarantees it (see the module documentation).
+    fn check_order(&self) -> Result<()> {
+        let quant = self.config.quant();
+        let pairs = self.min_val.iter().zip(&self.max_val).enumerate();
+        match &self.config {
+            ObserverConfig::Kl(_) => {
+                for (c, (&lo, &hi)) in pairs {
+                    if lo != -hi || hi < 0.0 {
+                        return Err(Error::State(format!(
+                            "`min_val[{c}]` {lo} and `max_val[{c}]` {hi} are not `-amax` and `amax` (a KL range is \
+                             symmetric)"
+                        )));
+                    }
+                }
+            }
+            ObserverConfig::MinMax(_)
+            | ObserverConfig::MovingAverageMinMax(_)
+            | ObserverConfig::MovingAveragePerChannelMinMax(_)
+            | ObserverConfig::Mse(_)
+                if quant.averaging_constant == 0.0 || (self.batches == 1 && !quant.is_sync_quantize) =>
+            {
+                if let Some((c, (lo, hi))) = pairs.into_iter().find(|(_, (lo, hi))| lo > hi) {
+                    return Err(Error::State(format!(
+                        "`min_val[{c}]` {lo} is greater than `max_val[{c}]` {hi} (the range of one batch)"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The checks of a KL window: what keeps the observer's arithmetic sound, and what makes it the
+/// window the observer would hold after `batches` batches (SPEC §4).
+fn check_kl_window(w: &KlWindow, bins: usize, update_interval: usize, batches: u64) -> Result<()> {
     let bad = |what: String| Err(Error::State(format!("`kl_window`: {what}")));
     if w.step >= update_interval {
         return bad(format!("`step` {} is not below `update_interval` {update_interval}", w.step));
+    }
+    if w.step as u64 != batches % update_interval as u64 {
+        return bad(format!(
+            "`step` {} does not follow from `batches` {batches}: with `update_interval` {update_interval} the window \
+             in progress holds {} batch(es)",
+            w.step,
+            batches % update_interval as u64
+        ));
     }
     if !w.width.is_finite() || w.width < 0.0 {
         return bad(format!("`width` {} is not a finite non-negative number", w.width));
@@ -267,6 +364,9 @@ fn check_kl_window(w: &KlWindow, bins: usize, update_interval: usize) -> Result<
         if !w.hist.is_empty() {
             return bad(format!("{} histogram bins but no edges", w.hist.len()));
         }
+        if w.width != 0.0 {
+            return bad(format!("`width` {} before the range has started (no edges)", w.width));
+        }
     } else {
         if w.edges.len() != w.hist.len() + 1 {
             return bad(format!("{} edges for {} bins (needs bins + 1)", w.edges.len(), w.hist.len()));
@@ -277,12 +377,132 @@ fn check_kl_window(w: &KlWindow, bins: usize, update_interval: usize) -> Result<
         if w.zeros != 0 {
             return bad(format!("{} zeros held back after the range started", w.zeros));
         }
+        check_kl_edges(w, bins)?;
     }
     let total = w.hist.iter().try_fold(w.zeros, |a, &c| a.checked_add(c));
-    if total.is_none_or(|t| t > MAX_COUNT) {
+    let Some(total) = total.filter(|&t| t <= MAX_COUNT) else {
         return bad(format!("the counts add up to more than {MAX_COUNT}"));
+    };
+    if total < w.step as u64 {
+        return bad(format!(
+            "the histogram and `zeros` hold {total} count(s) for `step` {} batch(es) (each batch adds at least one)",
+            w.step
+        ));
+    }
+    if w.step == 0 && (total > 0 || !w.edges.is_empty()) {
+        return bad(format!("`step` 0 (no batch in the window) but {total} count(s) and {} edge(s)", w.edges.len()));
     }
     Ok(())
+}
+
+/// The edges of a started KL window are the observer's: `e[m] = m * w` for every bin's lower
+/// edge, and the top edge `bins * w`, or, while the window keeps the first batch's bin count,
+/// that batch's `amax` with `w = amax / bins` (SPEC §4, steps 2 and 3).
+fn check_kl_edges(w: &KlWindow, bins: usize) -> Result<()> {
+    let bad = |what: String| Err(Error::State(format!("`kl_window`: {what}")));
+    let n = w.hist.len();
+    if let Some((m, e)) = w.edges[..n].iter().enumerate().find(|&(m, &e)| e != m as f32 * w.width) {
+        return bad(format!(
+            "the edge `edges[{m}]` {e} is not {m} x `width` {} = {} (edges are multiples of the bin width)",
+            w.width,
+            m as f32 * w.width
+        ));
+    }
+    let top = w.edges[n];
+    let widened = top == n as f32 * w.width;
+    let first = n == bins && top > 0.0 && top / bins as f32 == w.width;
+    if !(widened || first) {
+        return bad(format!(
+            "the top edge `edges[{n}]` {top} is neither {n} x `width` {} = {} nor an `amax` with `width` = amax / \
+             {bins} bins",
+            w.width,
+            n as f32 * w.width
+        ));
+    }
+    Ok(())
+}
+
+/// Parses JSON text as a [`Value`], refusing a key repeated in any object (which a plain
+/// `serde_json::from_str` would take, keeping the last): a state file edited by hand or merged
+/// badly is an error naming the key, not a silent choice.
+///
+/// ```
+/// use qcalib::observer::state::parse_json_strict;
+/// assert!(parse_json_strict(r#"{"a": 1, "b": {"a": 2}}"#).is_ok());
+/// let e = parse_json_strict(r#"{"batches": 1, "batches": 2}"#).unwrap_err();
+/// assert!(e.to_string().contains("duplicate key \"batches\""));
+/// ```
+pub fn parse_json_strict(text: &str) -> Result<Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = StrictValue::deserialize(&mut de).and_then(|v| de.end().map(|()| v.0));
+    value.map_err(|e| Error::State(format!("not valid JSON: {e}")))
+}
+
+/// A JSON value whose objects hold each key once.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            let StrictValue(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// An [`Error::StateMismatch`] naming the first parameter in which `saved` and `current` differ.

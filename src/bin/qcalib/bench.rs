@@ -88,7 +88,7 @@ impl DeviceCopy {
     }
 }
 
-pub fn run(args: &BenchArgs) -> Result<(), String> {
+pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<(), crate::output::Failure> {
     let n = args.elements.max(CHANNELS);
     let data = generate(n);
     let device = resolve(args.device)?;
@@ -190,7 +190,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         t.elapsed().as_secs_f64()
     });
     if let Some(e) = failure {
-        return Err(e);
+        return Err(e.into());
     }
     cases.push(Case { observer: "kl-search", variant: "2048 bins, qint8".into(), seconds, searched_bytes: None });
     let warning = softgpu_warning(device);
@@ -207,37 +207,46 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
                 })
                 .collect();
             let v = json!({"device": device, "elements": n, "bandwidth_gbps": bandwidth_gbps, "results": results});
-            println!("{v}");
+            writeln!(out, "{v}")?;
             if let Some(warning) = &warning {
                 eprintln!("{warning}");
             }
         }
         Format::Table => {
-            println!(
+            writeln!(
+                out,
                 "qcalib bench on {device}: {n} f32 elements ({:.0} MB), {} threads, median of {} runs",
                 bytes(n) / 1e6,
                 rayon::current_num_threads(),
                 args.runs
-            );
+            )?;
             if let Some(warning) = &warning {
-                println!("{warning}");
+                writeln!(out, "{warning}")?;
             }
             if on_device.is_some() {
-                println!("device-to-device copy of the same buffer (bytes read + written): {bandwidth_gbps:.1} GB/s");
+                writeln!(
+                    out,
+                    "device-to-device copy of the same buffer (bytes read + written): {bandwidth_gbps:.1} GB/s"
+                )?;
             } else {
-                println!("memory read bandwidth (parallel read-and-sum of the same buffer): {bandwidth_gbps:.1} GB/s");
+                writeln!(
+                    out,
+                    "memory read bandwidth (parallel read-and-sum of the same buffer): {bandwidth_gbps:.1} GB/s"
+                )?;
             }
-            println!(
+            writeln!(
+                out,
                 "{:<36} {:<52} {:>11} {:>12} {:>8} {:>7}",
                 "observer", "variant", "time", "elements/s", "GB/s", "ratio"
-            );
+            )?;
             for c in &cases {
                 if c.observer == "kl-search" {
-                    println!("{:<36} {:<52} {:>9.3}ms", c.observer, c.variant, c.seconds * 1e3);
+                    writeln!(out, "{:<36} {:<52} {:>9.3}ms", c.observer, c.variant, c.seconds * 1e3)?;
                     continue;
                 }
                 let gbps = c.gbps(n);
-                println!(
+                writeln!(
+                    out,
                     "{:<36} {:<52} {:>9.2}ms {:>12.3e} {:>8.2} {:>6.0}%",
                     c.observer,
                     c.variant,
@@ -245,7 +254,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
                     n as f64 / c.seconds,
                     gbps,
                     100.0 * gbps / bandwidth_gbps
-                );
+                )?;
             }
         }
     }

@@ -12,13 +12,14 @@ use qcalib::sync::Rendezvous;
 
 use crate::CalibrateArgs;
 use crate::report::Report;
-use crate::state_file::{Observers, StateFile};
-use qcalib::io::{Batch, OwnedTensor, read_batch};
+use crate::state_file::{Observers, StateFile, StateLock};
+use qcalib::TensorView;
+use qcalib::io::{Batch, Tensors};
 
 /// Files from which a progress bar is drawn (when stderr is a terminal).
 const PROGRESS_FROM: usize = 8;
 
-pub fn run(args: &CalibrateArgs) -> Result<(), String> {
+pub fn run(args: &CalibrateArgs) -> Result<Report, String> {
     let spec = args.spec();
     if args.is_sync_quantize
         && let Some(rv) = Rendezvous::from_env().map_err(|e| e.to_string())?
@@ -40,6 +41,8 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
     // Fail on a bad configuration before reading any file.
     new_observer()?;
 
+    // One process at a time per state file, for the whole run.
+    let _lock = args.state.as_deref().map(StateLock::acquire).transpose()?;
     let (mut observers, mut files_observed) = match &args.state {
         Some(path) if path.exists() => {
             let saved = StateFile::read(path)?;
@@ -58,8 +61,8 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
     for path in &args.files {
         // The whole file is read and checked before any observer sees it; on an error the state
         // file keeps the state after the previous batch.
-        let batch = read_batch(path).map_err(|e| e.to_string())?;
-        observe(&mut observers, batch, path, &new_observer)?;
+        let batch = crate::batch_file::open(path)?;
+        observe(&mut observers, &batch, path, &new_observer)?;
         files_observed = files_observed.saturating_add(1);
         if let Some(state) = &args.state {
             StateFile::of(&observers, files_observed, path).write(state)?;
@@ -72,35 +75,33 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
         p.finish_and_clear();
     }
 
-    let report = match observers {
-        Observers::Empty => return Err("no batch has been observed".into()),
-        Observers::Single(obs) => Report::of(Some(obs), BTreeMap::new())?,
-        Observers::Named(named) => Report::of(None, named)?,
-    };
-    report.print(args.format);
-    Ok(())
+    match observers {
+        Observers::Empty => Err("no batch has been observed".into()),
+        Observers::Single(obs) => Report::of(Some(obs), BTreeMap::new()),
+        Observers::Named(named) => Report::of(None, named),
+    }
 }
 
 /// Observes one batch file: a `.npy` tensor with the single observer, the tensors of a
 /// `.safetensors` file each with the observer of its name (new names get a new observer).
 fn observe(
     observers: &mut Observers,
-    batch: Batch,
+    batch: &Batch,
     path: &Path,
     new_observer: &impl Fn() -> Result<Box<dyn Observer>, String>,
 ) -> Result<(), String> {
     let at = |e: String| format!("{}: {e}", path.display());
-    match batch {
-        Batch::Single(t) => {
+    match batch.tensors().map_err(|e| e.to_string())? {
+        Tensors::Single(t) => {
             if matches!(observers, Observers::Empty) {
                 *observers = Observers::Single(new_observer()?);
             }
             let Observers::Single(obs) = observers else {
                 return Err(at("a .npy batch among .safetensors batches".into()));
             };
-            obs.observe_tensor(&t.view()).map_err(|e| at(e.to_string()))
+            obs.observe_tensor(&t).map_err(|e| at(e.to_string()))
         }
-        Batch::Named(tensors) => {
+        Tensors::Named(tensors) => {
             if matches!(observers, Observers::Empty) {
                 *observers = Observers::Named(BTreeMap::new());
             }
@@ -116,16 +117,16 @@ fn observe(
 /// name gets a new observer); `at` puts the file in front of an error.
 pub fn observe_named(
     named: &mut BTreeMap<String, Box<dyn Observer>>,
-    tensors: Vec<(String, OwnedTensor)>,
+    tensors: Vec<(&str, TensorView<'_>)>,
     new_observer: &impl Fn() -> Result<Box<dyn Observer>, String>,
     at: &impl Fn(String) -> String,
 ) -> Result<(), String> {
     for (name, t) in tensors {
-        let obs = match named.get_mut(&name) {
+        let obs = match named.get_mut(name) {
             Some(o) => o,
-            None => named.entry(name.clone()).or_insert(new_observer()?),
+            None => named.entry(name.to_string()).or_insert(new_observer()?),
         };
-        obs.observe_tensor(&t.view()).map_err(|e| at(format!("tensor {name:?}: {e}")))?;
+        obs.observe_tensor(&t).map_err(|e| at(format!("tensor {name:?}: {e}")))?;
     }
     Ok(())
 }

@@ -10,17 +10,19 @@ use crate::DemoArgs;
 /// Batches per tensor: each observer sees the tensor as this many batches.
 const BATCHES: usize = 4;
 
-pub fn run(args: &DemoArgs) -> Result<(), String> {
+pub fn run(args: &DemoArgs, out: &mut dyn std::io::Write) -> Result<(), crate::output::Failure> {
     let per_batch = (args.elements / BATCHES).max(256);
-    println!(
+    writeln!(
+        out,
         "qcalib demo: {} observers x {} synthetic tensors, {BATCHES} batches of {per_batch} values each, qint8",
         ObserverKind::ALL.len(),
         Distribution::ALL.len()
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{:<40} {:<17} {:>11} {:>22} {:>9} {:>10}",
         "observer", "tensor", "scale", "clip range", "SQNR dB", "time"
-    );
+    )?;
     let mut device = String::new();
     let mut warning = None;
     for dist in Distribution::ALL {
@@ -70,16 +72,17 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
                 (format!("{} ch", q.scale.len()), format!("max |range| {amax:.4}"))
             };
             let label = if q.scale.len() > 1 { format!("{kind} /ch") } else { kind.to_string() };
-            println!(
+            writeln!(
+                out,
                 "{label:<40} {:<17} {scale:>11} {clip:>22} {sqnr:>9.2} {:>8.2}ms",
                 dist.name(),
                 elapsed.as_secs_f64() * 1e3
-            );
+            )?;
         }
     }
-    println!("device: {device}; SQNR = 10 log10(sum x^2 / sum (x - fake_quant(x))^2) over all batches");
+    writeln!(out, "device: {device}; SQNR = 10 log10(sum x^2 / sum (x - fake_quant(x))^2) over all batches")?;
     if let Some(warning) = warning {
-        println!("{warning}");
+        writeln!(out, "{warning}")?;
     }
     Ok(())
 }

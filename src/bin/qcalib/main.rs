@@ -1,13 +1,16 @@
 //! `qcalib`: calibrate quantization parameters from `.npy` / `.safetensors` batches, or run the
 //! built-in demo.
 
+mod batch_file;
 mod bench;
 mod calibrate;
 mod demo;
+mod output;
 mod ranks;
 mod report;
 mod state_file;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -182,17 +185,32 @@ impl CalibrateArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Calibrate(args) => calibrate::run(&args),
-        Command::Demo(args) => demo::run(&args),
-        Command::Bench(args) => bench::run(&args),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
     };
-    match result {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match cli.command {
+        Command::Calibrate(args) => calibrate::run(&args)
+            .map_err(output::Failure::from)
+            .and_then(|report| Ok(report.write(args.format, &mut out)?)),
+        Command::Demo(args) => demo::run(&args, &mut out),
+        Command::Bench(args) => bench::run(&args, &mut out),
+    };
+    match result.and_then(|()| Ok(out.flush()?)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(failure) => failure.report(),
+    }
+}
+
+/// What clap's `Error::exit` does (help and version on stdout with status 0, usage errors on
+/// stderr with status 2), except that a failed write is not ignored: a broken pipe ends quietly
+/// and any other failure says so.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    let printed = e.print().and_then(|()| std::io::stdout().flush());
+    match printed {
+        Err(err) if !e.use_stderr() => output::Failure::Output(err).report(),
+        _ => ExitCode::from(e.exit_code().clamp(0, 255) as u8),
     }
 }

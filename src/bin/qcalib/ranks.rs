@@ -12,15 +12,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use qcalib::io::{Batch, read_batch};
+use qcalib::io::Tensors;
 use qcalib::sync::{NcclGroup, ProcessGroup, ReduceOp, Rendezvous};
 use qcalib::{Device, Error, Observer, ObserverSpec, TensorView};
 
 use crate::CalibrateArgs;
 use crate::report::Report;
 
-/// One rank's run: join, observe in steps, print the (common) qparams.
-pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<(), String> {
+/// One rank's run: join, observe in steps, and give the (common) qparams to print.
+pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result<Report, String> {
     // `--device cuda` ranks reduce through NCCL; the others (cpu, auto) through the TCP store.
     let nccl = matches!(args.device, Device::Cuda(_));
     let device = match rank_device(args.device, rv) {
@@ -70,12 +70,16 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
             None => e,
         };
         // Read, and agree that every rank holds the same tensors.
-        let batch = path.map(|p| read_batch(p).map_err(|e| e.to_string())).transpose();
+        let file = path.map(|p| crate::batch_file::open(p)).transpose();
+        let batch = file
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|f| f.as_ref().map(|b| b.tensors().map_err(|e| e.to_string())).transpose());
         let layout = batch.as_ref().map_err(Clone::clone).and_then(|b| match b {
-            Some(Batch::Single(_)) if !named.is_empty() => Err(at("a .npy batch among .safetensors batches".into())),
-            Some(Batch::Named(_)) if single.is_some() => Err(at("a .safetensors batch among .npy batches".into())),
-            Some(Batch::Single(_)) => Ok(layout_of(None)),
-            Some(Batch::Named(tensors)) => Ok(layout_of(Some(tensors.iter().map(|(n, _)| n.as_str()).collect()))),
+            Some(Tensors::Single(_)) if !named.is_empty() => Err(at("a .npy batch among .safetensors batches".into())),
+            Some(Tensors::Named(_)) if single.is_some() => Err(at("a .safetensors batch among .npy batches".into())),
+            Some(Tensors::Single(_)) => Ok(layout_of(None)),
+            Some(Tensors::Named(tensors)) => Ok(layout_of(Some(tensors.iter().map(|(n, _)| *n).collect()))),
             None if single.is_some() => Ok(layout_of(None)),
             None => Ok(layout_of(Some(named.keys().map(String::as_str).collect()))),
         });
@@ -84,14 +88,16 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
         // Observe (a rank without a file observes nothing, together with the others).
         let observed = (|| -> Result<(), String> {
             match batch? {
-                Some(Batch::Single(t)) => {
+                Some(Tensors::Single(t)) => {
                     let obs = match &mut single {
                         Some(o) => o,
                         None => single.insert(new_observer()?),
                     };
-                    obs.observe_tensor(&t.view()).map_err(|e| at(e.to_string()))
+                    obs.observe_tensor(&t).map_err(|e| at(e.to_string()))
                 }
-                Some(Batch::Named(tensors)) => crate::calibrate::observe_named(&mut named, tensors, &new_observer, &at),
+                Some(Tensors::Named(tensors)) => {
+                    crate::calibrate::observe_named(&mut named, tensors, &new_observer, &at)
+                }
                 None => {
                     let nothing = TensorView::from(&[] as &[f32]);
                     for obs in single.iter_mut().chain(named.values_mut()) {
@@ -118,8 +124,7 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
         }
     }
 
-    Report::of(single, named)?.print(args.format);
-    Ok(())
+    Report::of(single, named)
 }
 
 /// The device of this rank: `--device cuda` (or `cuda:0`) means `cuda:LOCAL_RANK`, torchrun's

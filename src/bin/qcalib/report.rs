@@ -1,11 +1,13 @@
 //! What `qcalib calibrate` prints: JSON for programs, a table for people.
 
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io;
 
 use qcalib::Observer;
 use serde_json::{Value, json};
 
 use crate::Format;
+use crate::output::escape_controls;
 
 /// The result of one observer.
 pub struct TensorReport {
@@ -59,7 +61,8 @@ impl TensorReport {
     }
 
     fn write_table(&self, out: &mut String, name: Option<&str>) {
-        let title = name.map(|n| format!("{n}: ")).unwrap_or_default();
+        // A tensor name is the file's: escaped, so that it cannot drive the terminal.
+        let title = name.map(|n| format!("{}: ", escape_controls(n))).unwrap_or_default();
         let _ = writeln!(
             out,
             "{title}{} {} {} [{}, {}] on {}, {} batch(es)",
@@ -116,12 +119,13 @@ impl Report {
         }
     }
 
-    /// Prints the report on stdout in `format`.
-    pub fn print(&self, format: Format) {
+    /// Writes the report to `out` in `format`, and flushes it.
+    pub fn write(&self, format: Format, out: &mut dyn io::Write) -> io::Result<()> {
         match format {
-            Format::Json => println!("{}", self.to_json()),
-            Format::Table => print!("{}", self.to_table()),
+            Format::Json => writeln!(out, "{}", self.to_json())?,
+            Format::Table => out.write_all(self.to_table().as_bytes())?,
         }
+        out.flush()
     }
 
     /// One JSON object: the tensor's, or one per name keyed by name.
@@ -133,7 +137,7 @@ impl Report {
         v.to_string()
     }
 
-    /// Aligned text.
+    /// Aligned text (tensor names escaped: see [`escape_controls`]).
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         match self {

@@ -10,14 +10,23 @@
 //!   states by tensor name (`.safetensors` input). Each is a `qcalib-observer-state` (see the
 //!   library's `qcalib::observer::state`).
 //!
-//! It is replaced atomically: written to `.NAME.tmp` in the same directory, flushed to disk, then
-//! renamed over `NAME`, so a crash leaves either the previous state or the new one.
+//! It is replaced atomically: written to a temporary file of a name no other write uses
+//! (`.NAME.PID.N.tmp`) in the same directory, flushed to disk, then renamed over `NAME`, so a
+//! crash leaves either the previous state or the new one.
+//!
+//! One run at a time: a run holds an exclusive advisory lock ([`StateLock`]) on `.NAME.lock`
+//! beside the state for its whole duration; a second run on the same state stops at once,
+//! naming the process that holds it. The lock is on a file of its own because the state file is
+//! replaced by each write (a lock on it would stay with the replaced file).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
-use std::path::Path;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use qcalib::observer::state::parse_json_strict;
 use qcalib::{Observer, ObserverState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -75,7 +84,10 @@ impl StateFile {
     pub fn read(path: &Path) -> Result<StateFile, String> {
         let at = |e: String| format!("state file {}: {e}", path.display());
         let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| at(format!("not valid JSON ({e})")))?;
+        let value: Value = parse_json_strict(&text).map_err(|e| match e {
+            qcalib::Error::State(m) => at(m),
+            e => at(e.to_string()),
+        })?;
         if value.get("format").and_then(Value::as_str) != Some(Self::FORMAT) {
             return Err(at(format!("not a qcalib calibration state (expected \"format\": {:?})", Self::FORMAT)));
         }
@@ -92,6 +104,18 @@ impl StateFile {
         let file: StateFile = serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
         if file.tensor.is_some() && file.tensors.is_some() {
             return Err(at("holds both `tensor` and `tensors`".into()));
+        }
+        // Each file adds at most one batch to each observer.
+        let states = file.tensor.iter().map(|s| (None, s));
+        let states = states.chain(file.tensors.iter().flatten().map(|(name, s)| (Some(name), s)));
+        for (name, state) in states {
+            if state.batches > file.files_observed {
+                let tensor = name.map_or(String::new(), |n| format!("tensor {n:?}: "));
+                return Err(at(format!(
+                    "{tensor}`batches` {} is more than `files_observed` {} (each file is one batch)",
+                    state.batches, file.files_observed
+                )));
+            }
         }
         Ok(file)
     }
@@ -135,17 +159,36 @@ impl StateFile {
     }
 }
 
-/// Writes `bytes` to a temporary file next to `path`, flushes it to disk and renames it over
-/// `path` (then flushes the directory, so that the rename survives a power loss).
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// The directory of `path` and the name of a hidden file beside it: `.NAME` + `suffix`.
+fn beside(path: &Path, suffix: &str) -> std::io::Result<(PathBuf, PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let name = path.file_name().ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let mut hidden = OsString::from(".");
+    hidden.push(name);
+    hidden.push(suffix);
+    Ok((dir.to_path_buf(), dir.join(hidden)))
+}
+
+/// Temporary files written by this process so far (part of their unique names).
+static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to a new temporary file next to `path` (`.NAME.PID.N.tmp`, created only if no
+/// such file exists), flushes it to disk and renames it over `path` (then flushes the directory,
+/// so that the rename survives a power loss).
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (dir, mut f, tmp) = loop {
+        let n = TEMPORARIES.fetch_add(1, Ordering::Relaxed);
+        let (dir, tmp) = beside(path, &format!(".{}.{n}.tmp", std::process::id()))?;
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => break (dir, f, tmp),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
     let written = (|| {
-        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -157,4 +200,139 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Whether `name` is a temporary file of the state file `state_name`: `.NAME.tmp` (older
+/// qcalib) or `.NAME.PID.N.tmp`.
+fn is_temporary_of(name: &std::ffi::OsStr, state_name: &std::ffi::OsStr) -> bool {
+    let (Some(name), Some(state)) = (name.to_str(), state_name.to_str()) else {
+        return false;
+    };
+    let Some(middle) = name.strip_prefix('.').and_then(|n| n.strip_prefix(state)).and_then(|n| n.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    if middle.is_empty() {
+        return true;
+    }
+    let parts: Vec<&str> = middle.split('.').collect();
+    parts.len() == 3
+        && parts[0].is_empty()
+        && parts[1..].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An exclusive advisory lock on a state file, held from [`StateLock::acquire`] until dropped:
+/// one `qcalib calibrate` per state file at a time.
+///
+/// The lock is `flock` on `.NAME.lock` beside the state (std's [`File::try_lock`]), which holds
+/// the holder's process id. The holder removes the file when it is done, while still holding
+/// the lock; a process that opened the file before its removal finds, once it has the lock, that
+/// the path no longer names the file it locked, and starts over. A killed holder's lock ends with
+/// its process (the file stays, and the next run takes it over).
+#[derive(Debug)]
+pub struct StateLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl StateLock {
+    /// Locks the state file `state`, or fails at once when another process holds it. With the
+    /// lock held, the temporary files of killed runs on this state are removed.
+    pub fn acquire(state: &Path) -> Result<StateLock, String> {
+        let at = |e: String| format!("state file {}: {e}", state.display());
+        let (dir, path) = beside(state, ".lock").map_err(|e| at(e.to_string()))?;
+        let mut attempts = 0;
+        let mut file = loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| at(format!("cannot open the lock file {}: {e}", path.display())))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    let holder = holder_of(&file).map_or("pid unknown".to_string(), |pid| format!("pid {pid}"));
+                    return Err(format!("{} is in use by another qcalib process ({holder})", state.display()));
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(at(format!("cannot lock {}: {e}", path.display())));
+                }
+            }
+            if still_at(&file, &path) {
+                break file;
+            }
+            attempts += 1;
+            if attempts == 100 {
+                return Err(at(format!("the lock file {} keeps being replaced", path.display())));
+            }
+        };
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .map_err(|e| at(format!("{}: {e}", path.display())))?;
+        remove_temporaries(&dir, state);
+        Ok(StateLock { file, path })
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        // Removed while still locked, then unlocked (see the type's documentation).
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+/// The process id written in a lock file, if it holds one.
+fn holder_of(mut file: &File) -> Option<u32> {
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Whether `path` still names the file `file` is open on.
+fn still_at(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
+}
+
+/// Removes the temporary files of earlier runs on `state` in `dir` (runs that were killed
+/// between writing a temporary and renaming it). Only called with the state's lock held, so no
+/// live run is writing one; a file that cannot be removed is left (it is never read).
+fn remove_temporaries(dir: &Path, state: &Path) {
+    let (Some(state_name), Ok(entries)) = (state.file_name(), std::fs::read_dir(dir)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if is_temporary_of(&entry.file_name(), state_name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_are_recognised_by_name() {
+        let is = |n: &str| is_temporary_of(n.as_ref(), "calib.json".as_ref());
+        assert!(is(".calib.json.tmp") && is(".calib.json.123.0.tmp") && is(".calib.json.9.42.tmp"));
+        assert!(!is("calib.json.1.2.tmp") && !is(".calib.json.lock") && !is(".calib.json.x.1.tmp"));
+        assert!(!is(".calib.json.1.tmp") && !is(".calib.json..1.2.tmp") && !is(".calib.jsonx.1.2.tmp"));
+        assert!(!is(".other.json.1.2.tmp") && !is(".calib.json.1.2.3.tmp"));
+    }
 }

@@ -40,9 +40,9 @@ use self::batch::{DeviceBatch, DeviceBuf, DeviceData};
 use self::context::Gpu;
 use self::error::{GpuError, describe, is_sticky, message, to_error};
 use crate::cuda_tensor::{CudaData, CudaTensorView};
-use crate::engine::{Extremes, HostTensor};
+use crate::engine::Extremes;
 use crate::error::{Error, Result};
-use crate::tensor::TensorView;
+use crate::tensor::{OwnedTensor, TensorView};
 
 /// The CUDA engine of one GPU.
 pub(crate) struct CudaEngine {
@@ -94,7 +94,7 @@ fn start(ordinal: usize) -> Result<Arc<CudaEngine>, String> {
 }
 
 /// Copies a device tensor to the host (for the CPU engine), once.
-pub(crate) fn copy_to_host(x: &CudaTensorView<'_>) -> Result<HostTensor> {
+pub(crate) fn copy_to_host(x: &CudaTensorView<'_>) -> Result<OwnedTensor> {
     fn copy<T: DeviceRepr + Default + Clone>(
         v: &cudarc::driver::CudaView<'_, T>,
         shape: &[usize],
@@ -110,9 +110,9 @@ pub(crate) fn copy_to_host(x: &CudaTensorView<'_>) -> Result<HostTensor> {
         ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| Error::Shape(e.to_string()))
     }
     Ok(match x.data() {
-        CudaData::F32(v) => HostTensor::F32(copy(v, x.shape())?),
-        CudaData::F16(v) => HostTensor::F16(copy(v, x.shape())?),
-        CudaData::BF16(v) => HostTensor::BF16(copy(v, x.shape())?),
+        CudaData::F32(v) => OwnedTensor::F32(copy(v, x.shape())?),
+        CudaData::F16(v) => OwnedTensor::F16(copy(v, x.shape())?),
+        CudaData::BF16(v) => OwnedTensor::BF16(copy(v, x.shape())?),
     })
 }
 
