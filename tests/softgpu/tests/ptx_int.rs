@@ -1,5 +1,5 @@
 //! Integer and logic instructions against host arithmetic, at the edges: 0, ±1, the extremes,
-//! shift amounts at and past the width, division by zero.
+//! shift amounts at and past the width, division by zero (all ones, see `exec::int`).
 
 mod common;
 
@@ -61,9 +61,9 @@ fn arithmetic_32() {
     check("mul.hi.u32", false, |a, b| (a * b) >> 32);
     check("mul.hi.s32", false, |a, b| ((i64::from(s(a)) * i64::from(s(b))) >> 32) as u32 as u64);
     check("div.u32", false, |a, b| u(a).checked_div(u(b)).unwrap_or(u32::MAX).into());
-    check("rem.u32", false, |a, b| u(a).checked_rem(u(b)).unwrap_or(u(a)).into());
+    check("rem.u32", false, |a, b| u(a).checked_rem(u(b)).unwrap_or(u32::MAX).into());
     check("div.s32", false, |a, b| if s(b) == 0 { 0xffff_ffff } else { s(a).wrapping_div(s(b)) as u32 as u64 });
-    check("rem.s32", false, |a, b| if s(b) == 0 { a } else { s(a).wrapping_rem(s(b)) as u32 as u64 });
+    check("rem.s32", false, |a, b| if s(b) == 0 { 0xffff_ffff } else { s(a).wrapping_rem(s(b)) as u32 as u64 });
     check("min.u32", false, |a, b| a.min(b));
     check("max.u32", false, |a, b| a.max(b));
     check("min.s32", false, |a, b| s(a).min(s(b)) as u32 as u64);
@@ -79,7 +79,7 @@ fn arithmetic_64() {
     check("mul.hi.u64", true, |a, b| ((u128::from(a) * u128::from(b)) >> 64) as u64);
     check("mul.hi.s64", true, |a, b| ((i128::from(s(a)) * i128::from(s(b))) >> 64) as u64);
     check("div.u64", true, |a, b| a.checked_div(b).unwrap_or(u64::MAX));
-    check("rem.u64", true, |a, b| a.checked_rem(b).unwrap_or(a));
+    check("rem.u64", true, |a, b| a.checked_rem(b).unwrap_or(u64::MAX));
     check("div.s64", true, |a, b| if b == 0 { u64::MAX } else { s(a).wrapping_div(s(b)) as u64 });
     check("min.s64", true, |a, b| s(a).min(s(b)) as u64);
     check("max.u64", true, |a, b| a.max(b));

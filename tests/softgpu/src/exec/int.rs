@@ -4,8 +4,10 @@
 //! width. Arithmetic wraps (`add`, `sub`, `mul.lo`, `neg`, `abs` of the most negative value).
 //! Where the ISA leaves a result unspecified, softgpu does what the hardware's sequences do:
 //!
-//! - `div` by zero gives all ones (`u32::MAX` for `.u32`, `-1` for `.s32`), `rem` by zero the
-//!   dividend ("Division by zero yields an unspecified, machine-specific value");
+//! - `div` and `rem` by zero give all ones (`u32::MAX` for `.u32`, `-1` for `.s32`): the ISA says
+//!   "Division by zero yields an unspecified, machine-specific value", and all ones is what
+//!   NVIDIA GPUs are reported to return for both (Stack Overflow question 12960005, answered
+//!   by an NVIDIA engineer; not verified on hardware here);
 //! - `div.s` of the most negative value by -1 wraps to the most negative value, `rem` gives 0;
 //! - `rem` of negative operands truncates towards zero (C's `%`: the sign of the dividend).
 //!
@@ -47,10 +49,12 @@ pub(crate) fn binary(op: IntOp, ty: IntTy, a: Val<'_>, b: Val<'_>, out: &mut Lan
                 } else {
                     x.wrapping_div(y) as $u as u64
                 }),
-                (IntOp::Rem, false) => lanes2!(a, b, out, |x: $u, y: $u| x.checked_rem(y).unwrap_or(x) as u64),
+                (IntOp::Rem, false) => {
+                    lanes2!(a, b, out, |x: $u, y: $u| x.checked_rem(y).unwrap_or(<$u>::MAX) as u64)
+                }
                 (IntOp::Rem, true) => {
                     lanes2!(a, b, out, |x: $s, y: $s| if y == 0 {
-                        x as $u as u64
+                        <$u>::MAX as u64
                     } else {
                         x.wrapping_rem(y) as $u as u64
                     })
@@ -139,7 +143,8 @@ mod tests {
     #[test]
     fn division_by_zero_and_overflow() {
         assert_eq!(one(IntOp::Div, IntTy::U32, 7, 0), 0xFFFF_FFFF);
-        assert_eq!(one(IntOp::Rem, IntTy::U32, 7, 0), 7);
+        assert_eq!(one(IntOp::Rem, IntTy::U32, 7, 0), 0xFFFF_FFFF);
+        assert_eq!(one(IntOp::Rem, IntTy::S64, 7, 0), u64::MAX);
         assert_eq!(one(IntOp::Div, IntTy::S32, 7, 0), 0xFFFF_FFFF);
         assert_eq!(one(IntOp::Div, IntTy::S32, 0x8000_0000, 0xFFFF_FFFF), 0x8000_0000);
         assert_eq!(one(IntOp::Rem, IntTy::S32, 0x8000_0000, 0xFFFF_FFFF), 0);
