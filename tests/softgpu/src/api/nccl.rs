@@ -118,7 +118,9 @@ fn init_rank(out: *mut ncclComm_t, nranks: c_int, id: &ncclUniqueId, rank: c_int
     Ok(())
 }
 
-/// Joins a communicator (see [`init_rank`]).
+/// Joins a communicator as `rank` of `nranks` on the calling thread's current device: blocks until
+/// every rank has joined (or fails after the id's timeout), or, inside a group, finishes at
+/// `ncclGroupEnd`.
 ///
 /// # Safety
 /// `comm` must be NULL or valid for a write.
