@@ -6,6 +6,13 @@
 //! bytes when called and writes them in stream order (the call may return before the device
 //! memory is written); a copy to the host returns once the bytes are there (after the stream's
 //! earlier work). Synchronous copies and fills run on the legacy default stream.
+//!
+//! With `SOFTGPU_PAGEABLE_COPIES=async`, an asynchronous copy to the host
+//! (`cuMemcpyDtoHAsync`) is asynchronous even into pageable memory, as the driver API allows a
+//! reading of: the call fills the destination with `0xff` bytes and returns, and the bytes arrive
+//! in stream order. A program that reads the result before it synchronises the stream then sees
+//! garbage (NaN) rather than, by luck, the right values. The destination must stay allocated until
+//! the stream is synchronised (a program that frees it earlier has the bug this mode looks for).
 
 use std::ffi::{c_uchar, c_uint, c_ushort, c_void};
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use cudarc::driver::sys::{CUcontext, CUdeviceptr, CUresult, CUstream};
 
 use super::{call, out};
 use crate::device::context::Instance;
+use crate::device::memory::POISON;
 use crate::device::stream::Stream;
 use crate::device::transfer::{self, DeviceRange, HostDestination};
 use crate::device::{Driver, driver, properties};
@@ -210,10 +218,21 @@ unsafe fn htod(h_stream: Option<CUstream>, dst: CUdeviceptr, src: *const c_void,
     Ok(())
 }
 
-/// Device to host: returns once the bytes are in `dst` (after the stream's earlier work).
+/// The variable that makes asynchronous copies to pageable host memory asynchronous.
+pub const PAGEABLE_COPIES_VAR: &str = "SOFTGPU_PAGEABLE_COPIES";
+
+/// Whether `SOFTGPU_PAGEABLE_COPIES=async` (read once).
+pub fn async_pageable_copies() -> bool {
+    static ASYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASYNC.get_or_init(|| std::env::var(PAGEABLE_COPIES_VAR).is_ok_and(|v| v == "async"))
+}
+
+/// Device to host: returns once the bytes are in `dst` (after the stream's earlier work), except
+/// for an asynchronous copy with `SOFTGPU_PAGEABLE_COPIES=async` (see the module's docs).
 ///
 /// # Safety
-/// `dst` must be valid for `n` bytes.
+/// `dst` must be valid for `n` bytes (until the stream is synchronised, for an asynchronous copy
+/// with `SOFTGPU_PAGEABLE_COPIES=async`).
 unsafe fn dtoh(h_stream: Option<CUstream>, dst: *mut c_void, src: CUdeviceptr, n: usize) -> Result<(), CUresult> {
     let d = driver()?;
     let (instance, stream) = target(d, h_stream)?;
@@ -224,9 +243,18 @@ unsafe fn dtoh(h_stream: Option<CUstream>, dst: *mut c_void, src: CUdeviceptr, n
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     let src = range(d, src, n)?;
-    // SAFETY: the caller's promise; the call waits below until the copy is done.
+    let deferred = h_stream.is_some() && async_pageable_copies();
+    if deferred {
+        // SAFETY: the caller's promise of `n` bytes.
+        unsafe { dst.cast::<u8>().write_bytes(POISON, n) };
+    }
+    // SAFETY: the caller's promise; the call waits below until the copy is done (or, deferred,
+    // the caller keeps the memory until it synchronises the stream).
     let work = unsafe { transfer::read(src, HostDestination(dst.cast())) };
     let seq = instance.enqueue(&stream, work);
+    if deferred {
+        return Ok(());
+    }
     stream.wait_for(seq);
     instance.check()
 }
