@@ -974,6 +974,32 @@ fn nccl_with_two_ranks_as_threads() {
 }
 
 #[test]
+fn nccl_with_two_ranks_u64_sums_are_exact_and_an_overflow_is_an_error_on_every_rank() {
+    let Some(ordinals) = two_rank_ordinals() else { return };
+    let groups = NcclGroup::threads(&ordinals, PATIENT).unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .enumerate()
+            .map(|(rank, g)| {
+                s.spawn(move || {
+                    let mut fits = [if rank == 0 { u64::MAX - 5 } else { 3 }, 1 << 40, rank as u64];
+                    g.all_reduce_u64(&mut fits, ReduceOp::Sum).unwrap();
+                    let mut overflows = [1, u64::MAX - rank as u64];
+                    let e = g.all_reduce_u64(&mut overflows, ReduceOp::Sum).unwrap_err().to_string();
+                    (fits, e)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (fits, e)) in results.into_iter().enumerate() {
+        assert_eq!(fits, [u64::MAX - 2, 1 << 41, 1], "rank {rank}");
+        assert!(e.contains("a u64 sum overflows (element 1)"), "rank {rank}: {e}");
+    }
+}
+
+#[test]
 fn nccl_with_two_ranks_over_a_tcp_store() {
     let Some(ordinals) = two_rank_ordinals() else { return };
     let port = free_port();
