@@ -33,7 +33,9 @@
 //!
 //! With `is_sync_quantize`, data-parallel ranks (threads, processes on one or more machines, or
 //! GPUs through NCCL) reduce their statistics through a [`sync::ProcessGroup`], so that every
-//! rank ends with the same qparams; see [`sync`].
+//! rank ends with the same qparams; see [`sync`]. Processes meet in a TCP store speaking
+//! PyTorch's TCPStore protocol (`torchrun`'s, or one rank 0 serves), and [`qparams_all`] /
+//! [`observe_all`] synchronise many observers in one collective per round.
 //!
 //! Bad input never panics: NaN or infinity in a batch, a wrong `ch_axis`, a changed channel
 //! count or an invalid parameter return an [`Error`] and leave the observer as it was.
@@ -77,5 +79,6 @@ pub use input::Input;
 pub use observer::{
     KlObserver, MinMaxObserver, MixObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
     MseObserver, Observer, ObserverConfig, ObserverKind, ObserverSpec, ObserverState, PercentileObserver, QParams,
+    observe_all, qparams_all,
 };
 pub use tensor::{Element, OwnedTensor, TensorView};

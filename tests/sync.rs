@@ -6,10 +6,14 @@ mod common;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
-use qcalib::sync::{NcclGroup, ProcessGroup, ReduceOp, Rendezvous, SingleRank, TcpGroup, ThreadGroup, probe_nccl};
+use qcalib::sync::{
+    Contribution, NcclGroup, ProcessGroup, ReduceOp, Rendezvous, SingleRank, StoreRole, TcpGroup, ThreadGroup,
+    probe_nccl,
+};
 use qcalib::{KlConfig, KlObserver, Observer, ObserverKind, ObserverSpec, QuantConfig};
 
 use common::random_values;
@@ -120,6 +124,7 @@ fn rendezvous(rank: usize, world: usize, port: u16, timeout: Duration) -> Rendez
         master_addr: "127.0.0.1".into(),
         master_port: port,
         timeout,
+        store: StoreRole::RankZero,
     }
 }
 
@@ -297,7 +302,7 @@ fn different_channel_counts_fail_on_every_rank() {
         obs.qparams().unwrap_err().to_string()
     });
     for e in &results {
-        assert!(e.contains("different channel counts (2 to 3)"), "{e}");
+        assert!(e.contains("different channel counts (2 to 3; rank 0: 2, rank 1: 3)"), "{e}");
     }
 }
 
@@ -450,6 +455,319 @@ fn sync_histograms_needs_is_sync_quantize_and_the_same_settings_everywhere() {
     }
 }
 
+// ---------------------------------------------------------------- many observers, one bucket
+
+/// A group that has only the plain all-reduces, as NCCL: its buckets take the default path.
+#[derive(Debug)]
+struct PlainAllReduces(ThreadGroup);
+
+impl ProcessGroup for PlainAllReduces {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> qcalib::Result<()> {
+        self.0.all_reduce_f32(data, op)
+    }
+    fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> qcalib::Result<()> {
+        self.0.all_reduce_u64(data, op)
+    }
+}
+
+/// Counts the collectives of a group: buckets and plain all-reduces.
+#[derive(Debug)]
+struct Counting {
+    inner: Box<dyn ProcessGroup>,
+    buckets: AtomicUsize,
+    plain: AtomicUsize,
+}
+
+impl Counting {
+    fn new(inner: Box<dyn ProcessGroup>) -> Self {
+        Counting { inner, buckets: AtomicUsize::new(0), plain: AtomicUsize::new(0) }
+    }
+    fn counts(&self) -> (usize, usize) {
+        (self.buckets.load(Ordering::SeqCst), self.plain.load(Ordering::SeqCst))
+    }
+}
+
+impl ProcessGroup for Counting {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> qcalib::Result<()> {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.all_reduce_f32(data, op)
+    }
+    fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> qcalib::Result<()> {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.all_reduce_u64(data, op)
+    }
+    fn all_reduce_bucket(&self, parts: &[Contribution]) -> qcalib::Result<Vec<qcalib::sync::Reduced>> {
+        self.buckets.fetch_add(1, Ordering::SeqCst);
+        self.inner.all_reduce_bucket(parts)
+    }
+}
+
+/// Every rank's KL windows and qparams, one per tensor.
+type RankResults = Vec<(Vec<qcalib::observer::KlWindow>, Vec<qcalib::QParams>)>;
+
+/// The KL observers of `tensors` tensors on every rank, observed over `kl_steps` through
+/// `observe_all` and `qparams_all`; returns every rank's windows and qparams, and the collectives
+/// rank 0 ran.
+fn many_kl(world: usize, tensors: usize, plain: bool) -> (RankResults, (usize, usize)) {
+    let steps = kl_steps(world);
+    let results = on_threads(world, PATIENT, |rank, g| {
+        let inner: Box<dyn ProcessGroup> = if plain { Box::new(PlainAllReduces(g)) } else { Box::new(g) };
+        let group = Arc::new(Counting::new(inner));
+        let mut observers: Vec<KlObserver> = (0..tensors)
+            .map(|_| {
+                let mut o = KlObserver::new(kl_config(3, true)).unwrap();
+                o.set_process_group(group.clone());
+                o
+            })
+            .collect();
+        for batches in &steps {
+            // Tensor t sees the batch scaled by (1 + t / 8): every tensor its own range.
+            let scaled: Vec<Vec<f32>> =
+                (0..tensors).map(|t| batches[rank].iter().map(|x| x * (1.0 + t as f32 / 8.0)).collect()).collect();
+            let inputs: Vec<qcalib::Input<'_>> = scaled.iter().map(|v| qcalib::Input::from(&v[..])).collect();
+            let outcomes = qcalib::observe_all(&mut observers.iter_mut().collect::<Vec<_>>(), &inputs).unwrap();
+            assert!(outcomes.iter().all(Result::is_ok));
+        }
+        let q: Vec<qcalib::QParams> = qcalib::qparams_all(&mut observers.iter_mut().collect::<Vec<_>>())
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        (observers.iter().map(|o| o.window().clone()).collect::<Vec<_>>(), q, group.counts())
+    });
+    let counts = results[0].2;
+    (results.into_iter().map(|(w, q, _)| (w, q)).collect(), counts)
+}
+
+#[test]
+fn many_observers_share_one_collective_per_round_and_give_what_each_gives_alone() {
+    let (world, tensors) = (3, 24);
+    let steps = kl_steps(world);
+    let (results, (buckets, plain)) = many_kl(world, tensors, false);
+    // Two rounds per step for all 24 tensors (one at the first step: its batches are zeros, no
+    // histogram is due), two for the qparams; no plain all-reduce.
+    let rounds = 2 * steps.len() - 1 + 2;
+    assert_eq!((buckets, plain), (rounds, 0));
+    // Each tensor as one observer alone on the concatenation of its batches.
+    for t in [0, 17, tensors - 1] {
+        let mut one = KlObserver::new(kl_config(3, false)).unwrap();
+        for batches in &steps {
+            let all: Vec<f32> = batches.concat().iter().map(|x| x * (1.0 + t as f32 / 8.0)).collect();
+            one.observe(&all).unwrap();
+        }
+        for (rank, (windows, q)) in results.iter().enumerate() {
+            assert_eq!(&windows[t], one.window(), "tensor {t}, rank {rank}");
+            assert_eq!(q[t], one.qparams().unwrap(), "tensor {t}, rank {rank}");
+        }
+    }
+    // The path of groups with only plain all-reduces (NCCL's) gives the same bits, in at most
+    // five all-reduces per round.
+    let (plain_results, (buckets, plain)) = many_kl(world, tensors, true);
+    assert_eq!(plain_results, results);
+    assert_eq!(buckets, rounds);
+    assert!(plain <= 5 * buckets, "{plain} all-reduces for {buckets} buckets");
+}
+
+#[test]
+fn the_plain_all_reduce_path_names_a_peer_with_invalid_values() {
+    let mut ranks = ThreadGroup::with_timeout(2, Duration::from_secs(10)).unwrap();
+    let one = PlainAllReduces(ranks.pop().unwrap());
+    let zero = PlainAllReduces(ranks.pop().unwrap());
+    let errors = std::thread::scope(|s| {
+        let h =
+            s.spawn(move || one.all_reduce_bucket(&[Contribution { maxs: vec![f32::INFINITY], ..Default::default() }]));
+        let e0 = zero.all_reduce_bucket(&[Contribution { maxs: vec![1.0], ..Default::default() }]).unwrap_err();
+        (e0.to_string(), h.join().unwrap().unwrap_err().to_string())
+    });
+    assert!(errors.0.contains("rank 1 sent invalid values"), "{}", errors.0);
+    assert!(errors.1.contains("rank 1 sent invalid values (part 0)"), "{}", errors.1);
+}
+
+// ---------------------------------------------------------------- hostile or broken peers
+
+/// Runs `honest` on rank 0 and `hostile` on rank 1 of a thread group; returns rank 0's result.
+fn against<T: Send>(honest: impl FnOnce(ThreadGroup) -> T + Send, hostile: impl FnOnce(ThreadGroup) + Send) -> T {
+    let mut ranks = ThreadGroup::with_timeout(2, Duration::from_secs(10)).unwrap();
+    let one = ranks.pop().unwrap();
+    let zero = ranks.pop().unwrap();
+    std::thread::scope(|s| {
+        let h = s.spawn(move || hostile(one));
+        let r = honest(zero);
+        h.join().unwrap();
+        r
+    })
+}
+
+#[test]
+fn a_peer_that_claims_huge_channel_counts_is_refused_naming_it() {
+    // Before the fix, a peer's count became `vec![-inf; 2 * count]` on the other ranks.
+    for (per_channel, observed, claim, expected) in [
+        (
+            false,
+            false,
+            1u64 << 40,
+            "rank 1 claims statistics of 1099511627776 channels, more than this observer can hold (1)",
+        ),
+        (true, false, 1 << 40, "more than this observer can hold (16777216)"),
+        (true, true, 1 << 27, "different channel counts (3 to 134217728; rank 0: 3, rank 1: 134217728)"),
+    ] {
+        let e = against(
+            |g| {
+                let quant = if per_channel { QuantConfig::per_channel(0) } else { QuantConfig::default() };
+                let mut obs = qcalib::MinMaxObserver::new(QuantConfig { is_sync_quantize: true, ..quant }).unwrap();
+                obs.set_process_group(Arc::new(g));
+                if observed {
+                    obs.observe(&Array2::<f32>::ones((3, 2))).unwrap();
+                }
+                let before = obs.save_state();
+                let e = obs.qparams().unwrap_err().to_string();
+                assert_eq!(obs.save_state(), before, "the state is unchanged");
+                e
+            },
+            |g| {
+                let _ = g.all_reduce_bucket(&[Contribution { gathered: vec![claim], ..Default::default() }]);
+            },
+        );
+        assert!(e.contains(expected), "{e}");
+    }
+}
+
+#[test]
+fn non_finite_values_from_a_peer_are_refused_naming_it() {
+    // A peer's +inf maximum or NaN minimum used to end in `scale inf` or `null`, exit 0.
+    for (mins, maxs) in [(vec![-1.0f32], vec![f32::INFINITY]), (vec![f32::NAN], vec![1.0])] {
+        let e = against(
+            |g| {
+                let mut obs = qcalib::MinMaxObserver::new(sync_config()).unwrap();
+                obs.set_process_group(Arc::new(g));
+                obs.observe(&[1.0f32, -2.0][..]).unwrap();
+                obs.qparams().unwrap_err().to_string()
+            },
+            |g| {
+                let _ = g.all_reduce_bucket(&[Contribution { gathered: vec![1], ..Default::default() }]);
+                let _ = g.all_reduce_bucket(&[Contribution {
+                    mins: mins.clone(),
+                    maxs: maxs.clone(),
+                    ..Default::default()
+                }]);
+            },
+        );
+        assert!(e.contains("rank 1 sent invalid values"), "{e}");
+    }
+    // A NaN largest |x| with sync_histograms.
+    let e = against(
+        |g| {
+            let mut obs = KlObserver::new(kl_config(1, true)).unwrap();
+            obs.set_process_group(Arc::new(g));
+            let e = obs.observe(&random_values(100, 1)).unwrap_err().to_string();
+            assert_eq!(obs.window(), &qcalib::observer::KlWindow::default());
+            e
+        },
+        |g| {
+            let header = Contribution {
+                maxs: vec![f32::NAN],
+                checks: vec![2048, 1, 0, 0],
+                gathered: vec![100, 0, 0],
+                ..Default::default()
+            };
+            let _ = g.all_reduce_bucket(&[header]);
+        },
+    );
+    assert!(e.contains("rank 1 sent invalid values"), "{e}");
+}
+
+#[test]
+fn a_peer_writing_junk_into_the_store_is_named_and_costs_nothing() {
+    for junk_len in [7usize, 1 << 20] {
+        let port = free_port();
+        let e = std::thread::scope(|s| {
+            let zero = s.spawn(move || {
+                let g = rendezvous(0, 2, port, Duration::from_secs(20)).connect().unwrap();
+                g.all_reduce_u64(&mut [1, 2], ReduceOp::Sum).unwrap_err().to_string()
+            });
+            // Rank 1 joins by the book, then writes junk as its part of collective #0.
+            let store = qcalib::sync::TcpStore::connect(&format!("127.0.0.1:{port}"), PATIENT).unwrap();
+            assert_eq!(store.add("qcalib/runs/1", 0).unwrap(), 0);
+            store.add("qcalib/0/claim/1", 1).unwrap();
+            store.add("qcalib/0/alive/1", 1).unwrap();
+            store.set("qcalib/0/join/1", b"2").unwrap();
+            let mut junk = vec![0u8; junk_len];
+            junk[1] = 9;
+            store.set("qcalib/0/ar/0/1/0", &junk).unwrap();
+            store.set("qcalib/0/end/1", b"").unwrap(); // so that rank 0 need not linger for it
+            zero.join().unwrap()
+        });
+        let expected = if junk_len > 100 {
+            "rank 1 wrote 1048576 bytes under qcalib/0/ar/0/1/0"
+        } else {
+            "rank 1: 6 malformed bytes"
+        };
+        assert!(e.contains(expected), "{e}");
+    }
+}
+
+#[test]
+fn the_store_closes_junk_connections_and_caps_those_in_their_handshake() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let server = qcalib::sync::StoreServer::serve("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr();
+    let closed_soon = |mut c: TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 16];
+        matches!(c.read(&mut b), Ok(0) | Err(_))
+    };
+    // Not the handshake: closed at once.
+    let mut junk = TcpStream::connect(addr).unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(closed_soon(junk));
+    // The handshake, then a key of 2^60 bytes, a value beyond 8 MiB, a count beyond 128 Ki keys,
+    // an unknown query: each closed, having allocated nothing for it.
+    let hello = [0u8, 0xCE, 0xF7, 0x85, 0x3C];
+    for tail in [
+        [&[1u8][..], &(1u64 << 60).to_le_bytes()].concat(),
+        [&[1u8][..], &1u64.to_le_bytes(), b"k", &(9u64 << 20).to_le_bytes()].concat(),
+        [&[11u8][..], &(1u64 << 40).to_le_bytes()].concat(),
+        vec![99u8],
+    ] {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&hello).unwrap();
+        c.write_all(&tail).unwrap();
+        assert!(closed_soon(c), "{tail:?}");
+    }
+    // 40 connections that say nothing: at most 32 wait for their handshake, the others are
+    // closed at once; meanwhile a real client still gets in (it tries again).
+    let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let client = qcalib::sync::TcpStore::connect(&addr.to_string(), Duration::from_secs(20)).unwrap();
+    client.set("ok", b"1").unwrap();
+    let mut refused = 0;
+    for mut c in idle {
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        if matches!(c.read(&mut b), Ok(0)) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 8, "{refused} of 40 idle connections closed");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert_eq!(client.get("ok").unwrap(), b"1");
+    assert_eq!(server.connections(), 1);
+}
+
 // ---------------------------------------------------------------- ranks as processes (the CLI)
 
 #[cfg(feature = "cli")]
@@ -598,6 +916,92 @@ mod processes {
                 assert_eq!(o[key], one[key], "{key}");
             }
         }
+    }
+
+    /// The check: ten connections sending junk and huge length prefixes to rank 0's
+    /// store leave it under 300 MB, and it fails cleanly (an exit status, no signal) when its
+    /// peer never comes.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn rank_0s_store_stays_small_under_junk_and_fails_cleanly_when_its_peer_never_comes() {
+        use std::io::Write;
+        use std::net::TcpStream;
+        use std::os::unix::process::ExitStatusExt;
+        let dir = scratch("junk");
+        let a = dir.join("a.npy");
+        write_npy(&a, &[1.0, -2.0]);
+        let port = free_port();
+        let start = Instant::now();
+        // Under an address-space limit of 2 GiB, as a machine with a memory limit would run it:
+        // a store that allocated what a peer announces before checking it would abort.
+        let child = Command::new("bash")
+            .args(["-c", "ulimit -v 2097152 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_qcalib")])
+            .args(calibrate("min-max", &["--is-sync-quantize"], &[a]))
+            .envs([("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("QCALIB_SYNC_TIMEOUT", "8")])
+            .env("MASTER_PORT", port.to_string())
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = format!("/proc/{}/status", child.id());
+        let peak_kb = |text: &str| -> Option<u64> {
+            text.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+        };
+        let hello = [0u8, 0xCE, 0xF7, 0x85, 0x3C];
+        let mut junk: Vec<TcpStream> = Vec::new();
+        while junk.len() < 10 && start.elapsed() < Duration::from_secs(5) {
+            let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let bytes: Vec<u8> = match junk.len() % 5 {
+                // A length prefix of 1 GiB (what the store before this one read first), then junk.
+                0 => [
+                    &[0xff, 0xff, 0xff, 0x3f][..],
+                    &(0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect::<Vec<u8>>(),
+                ]
+                .concat(),
+                1 => [&hello[..], &[1], &u64::MAX.to_le_bytes()].concat(),
+                // A value of 8 MiB announced, half of it sent, the rest never.
+                2 => [&hello[..], &[1], &1u64.to_le_bytes(), b"k", &(8u64 << 20).to_le_bytes(), &vec![7u8; 4 << 20]]
+                    .concat(),
+                3 => [&hello[..], &[11], &(1u64 << 40).to_le_bytes()].concat(),
+                _ => [&hello[..], &[6], &(128u64 << 10).to_le_bytes(), &(8u64 << 10).to_le_bytes()].concat(),
+            };
+            let _ = c.write_all(&bytes);
+            junk.push(c);
+        }
+        let mut peak = 0;
+        while let Ok(text) = std::fs::read_to_string(&status) {
+            match peak_kb(&text) {
+                Some(kb) => peak = peak.max(kb),
+                None => break, // a zombie: it has ended
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        drop(junk);
+        eprintln!("rank 0's peak resident memory: {peak} kB");
+        assert_eq!(o.status.signal(), None, "ended by a signal: {}", stderr(&o));
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("rank 1 did not join within 8.0 s"), "{}", stderr(&o));
+        assert!(peak > 0 && peak < 300 * 1024, "peak resident memory {peak} kB");
+        assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_world_size_beyond_the_limit_is_a_configuration_error() {
+        let dir = scratch("world");
+        let a = dir.join("a.npy");
+        write_npy(&a, &[1.0, -2.0]);
+        let o = Command::new(env!("CARGO_BIN_EXE_qcalib"))
+            .args(calibrate("min-max", &["--is-sync-quantize"], &[a]))
+            .envs([("WORLD_SIZE", "1000000000000"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")])
+            .output()
+            .unwrap();
+        assert!(o.status.code().is_some_and(|c| c != 0), "{:?}", o.status);
+        assert!(stderr(&o).contains("WORLD_SIZE") && stderr(&o).contains("65536"), "{}", stderr(&o));
     }
 
     #[test]

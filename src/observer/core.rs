@@ -11,8 +11,9 @@ use crate::dtype::QuantRange;
 use crate::engine::{Extremes, LazyEngine, Loaded};
 use crate::error::{Error, Result};
 use crate::input::Input;
-use crate::observer::QParams;
-use crate::sync::{ProcessGroup, ReduceOp, SingleRank};
+use crate::observer::{ObserverKind, QParams};
+use crate::sync::limits::MAX_SYNC_CHANNELS;
+use crate::sync::{Contribution, ProcessGroup, Reduced, SingleRank, SyncTask, run_together};
 
 /// `min_val` and `max_val`: empty before the first update, then one value per tensor or per
 /// channel.
@@ -96,9 +97,21 @@ impl Core {
     }
 
     /// Scale and zero point of every channel, after syncing the statistics across ranks when
-    /// `is_sync_quantize` is set.
+    /// `is_sync_quantize` is set (`what` says why there are no statistics, when there are none).
     pub(crate) fn qparams(&mut self, what: &'static str) -> Result<QParams> {
-        self.sync()?;
+        let group = self.group.clone();
+        let mut task = self.qparams_sync(what);
+        run_together(&*group, &mut [&mut task])?.pop().unwrap_or(Ok(()))?;
+        task.finish()
+    }
+
+    /// The synchronisation before qparams, as data (see [`QParamsSync`]).
+    pub(crate) fn qparams_sync(&mut self, what: &'static str) -> QParamsSync<'_> {
+        QParamsSync { core: self, what, stage: Stage::Start }
+    }
+
+    /// Scale and zero point of every channel from the statistics as they are.
+    fn local_qparams(&self, what: &'static str) -> Result<QParams> {
         if self.stats.is_empty() {
             return Err(Error::NoStatistics(what));
         }
@@ -113,45 +126,128 @@ impl Core {
         Ok(QParams { scale, zero_point, quant_min: self.range.quant_min, quant_max: self.range.quant_max })
     }
 
-    /// `min_val` becomes its elementwise minimum over ranks and `max_val` its maximum, in place.
-    /// A rank without statistics takes the others'; ranks holding different channel counts fail.
-    ///
-    /// Every rank runs the same two collectives, and every decision is taken on reduced values,
-    /// so that all ranks succeed or fail together: a header (the most and the fewest channels
-    /// among the ranks that have statistics), then one MAX over `[-min_val, max_val]` (the
-    /// minimum is the negated maximum of the negations, exactly).
-    fn sync(&mut self) -> Result<()> {
-        if !self.quant.is_sync_quantize || self.group.world_size() <= 1 {
-            return Ok(());
-        }
-        let n = self.stats.min_val.len() as u64;
-        // [most channels, u64::MAX - fewest channels among ranks that have statistics]
-        let mut header = [n, if n > 0 { u64::MAX - n } else { 0 }];
-        self.group.all_reduce_u64(&mut header, ReduceOp::Max)?;
-        let (most, fewest) = (header[0], u64::MAX - header[1]);
-        if most == 0 {
-            return Err(Error::NoStatistics("no rank has observed a batch yet"));
-        }
-        if fewest != most {
-            return Err(Error::Sync(format!(
-                "the ranks hold statistics of different channel counts ({fewest} to {most})"
-            )));
-        }
-        let most = usize::try_from(most).map_err(|_| Error::Sync("channel count overflows".into()))?;
-        let mut both = if n > 0 {
-            self.stats.min_val.iter().map(|&v| -v).chain(self.stats.max_val.iter().copied()).collect()
-        } else {
-            vec![f32::NEG_INFINITY; 2 * most]
-        };
-        self.group.all_reduce_f32(&mut both, ReduceOp::Max)?;
-        let (neg_min, max) = both.split_at(most);
-        self.stats = RangeStats { min_val: neg_min.iter().map(|&v| -v).collect(), max_val: max.to_vec() };
-        Ok(())
-    }
-
     /// Forgets the statistics (configuration, engine and group stay).
     pub(crate) fn reset(&mut self) {
         self.stats = RangeStats::default();
         self.batches = 0;
+    }
+}
+
+/// Why an observer of `kind` has no qparams yet.
+pub(crate) fn no_statistics_reason(kind: ObserverKind) -> &'static str {
+    match kind {
+        ObserverKind::Kl => "no KL window has completed (update_interval batches)",
+        _ => "no batch has been observed",
+    }
+}
+
+/// An observer's part in the `is_sync_quantize` reduction that precedes its qparams, as data:
+/// [`Observer::qparams`](crate::Observer::qparams) runs it alone; [`qparams_all`](crate::qparams_all) runs those of many
+/// observers together, one collective per round. Without `is_sync_quantize`, or with one rank,
+/// it has no rounds.
+///
+/// The rounds: every rank gathers the others' channel counts (0: no statistics yet); then the
+/// ranks with statistics contribute `min_val` and `max_val` (the others `±inf`: nothing), and
+/// every rank takes the elementwise minimum and maximum, in place (so that the moving average
+/// continues from the global values). Ranks with different channel counts fail, naming them;
+/// a rank without statistics accepts the others' count only up to what its configuration
+/// allows (1 per tensor, 2^24 per channel).
+#[derive(Debug)]
+pub struct QParamsSync<'a> {
+    core: &'a mut Core,
+    what: &'static str,
+    stage: Stage,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Start,
+    /// The channel counts were asked for.
+    Counts,
+    /// The ranges of `channels` channels were asked for.
+    Ranges {
+        channels: usize,
+    },
+    Done,
+}
+
+impl QParamsSync<'_> {
+    /// The qparams, from the statistics after the last round.
+    pub fn finish(self) -> Result<QParams> {
+        self.core.local_qparams(self.what)
+    }
+
+    /// The channel count every rank takes, from every rank's count.
+    fn agree_on_channels(&self, counts: &[u64]) -> Result<usize> {
+        let mine = self.core.stats.min_val.len() as u64;
+        let present: Vec<(usize, u64)> = counts.iter().copied().enumerate().filter(|&(_, n)| n > 0).collect();
+        let Some(&(_, first)) = present.first() else {
+            return Err(Error::NoStatistics("no rank has observed a batch yet"));
+        };
+        let reference = if mine > 0 { mine } else { first };
+        let differ: Vec<usize> = present.iter().filter(|&&(_, n)| n != reference).map(|&(r, _)| r).collect();
+        if !differ.is_empty() {
+            let fewest = present.iter().map(|&(_, n)| n).min().unwrap_or(0);
+            let most = present.iter().map(|&(_, n)| n).max().unwrap_or(0);
+            let list: Vec<String> = present.iter().map(|(r, n)| format!("rank {r}: {n}")).collect();
+            return Err(Error::Sync(format!(
+                "the ranks hold statistics of different channel counts ({fewest} to {most}; {})",
+                list.join(", ")
+            )));
+        }
+        let allowed = if self.core.quant.qscheme.is_per_channel() { MAX_SYNC_CHANNELS as u64 } else { 1 };
+        if reference > allowed {
+            let (r, _) = present[0];
+            return Err(Error::Sync(format!(
+                "rank {r} claims statistics of {reference} channels, more than this observer can hold ({allowed})"
+            )));
+        }
+        usize::try_from(reference).map_err(|_| Error::Sync("a channel count overflows".into()))
+    }
+}
+
+impl SyncTask for QParamsSync<'_> {
+    fn next(&mut self, previous: Option<Reduced>) -> Result<Option<Contribution>> {
+        let stats = &self.core.stats;
+        match (self.stage, previous) {
+            (Stage::Start, _) => {
+                if !self.core.quant.is_sync_quantize || self.core.group.world_size() <= 1 {
+                    self.stage = Stage::Done;
+                    return Ok(None);
+                }
+                self.stage = Stage::Counts;
+                Ok(Some(Contribution { gathered: vec![stats.min_val.len() as u64], ..Default::default() }))
+            }
+            (Stage::Counts, Some(reduced)) => {
+                self.stage = Stage::Done;
+                let counts: Vec<u64> = reduced.gathered.iter().map(|g| g.first().copied().unwrap_or(0)).collect();
+                let channels = self.agree_on_channels(&counts)?;
+                let part = if stats.is_empty() {
+                    Contribution {
+                        mins: vec![f32::INFINITY; channels],
+                        maxs: vec![f32::NEG_INFINITY; channels],
+                        ..Default::default()
+                    }
+                } else {
+                    Contribution { mins: stats.min_val.clone(), maxs: stats.max_val.clone(), ..Default::default() }
+                };
+                self.stage = Stage::Ranges { channels };
+                Ok(Some(part))
+            }
+            (Stage::Ranges { channels }, Some(reduced)) => {
+                self.stage = Stage::Done;
+                let (min_val, max_val) = (reduced.mins, reduced.maxs);
+                if min_val.len() != channels
+                    || max_val.len() != channels
+                    || min_val.iter().chain(&max_val).any(|v| !v.is_finite())
+                {
+                    return Err(Error::Sync("the ranks' reduced range is not finite".into()));
+                }
+                self.core.stats = RangeStats { min_val, max_val };
+                Ok(None)
+            }
+            (Stage::Done, _) => Ok(None),
+            (_, None) => Err(Error::Sync("a round of the qparams synchronisation returned nothing".into())),
+        }
     }
 }

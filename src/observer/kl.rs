@@ -5,13 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{KlConfig, MAX_BINS};
 use crate::engine::Engine;
+use crate::engine::{Extremes, Loaded};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::observer::core::Core;
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
-use crate::sync::ReduceOp;
+use crate::sync::{Contribution, Reduced, SyncTask, run_together};
 
 /// The histogram of the current KL window.
 ///
@@ -168,115 +169,9 @@ impl KlObserver {
         self.window = KlWindow::default();
     }
 
-    /// **Extension** `sync_histograms` (no other calibrator has it): the ranks observe one
-    /// batch together, as one rank would observe their batches concatenated. Every rank runs
-    /// the same collectives, and every decision is taken on reduced values, so that all ranks
-    /// succeed or fail together and keep identical windows:
-    ///
-    /// 1. one MAX over a header: the largest `|x|` (its bits: a finite `|x|` orders as its bits
-    ///    do), the window's settings and position (largest and smallest, to catch ranks that
-    ///    differ), and each rank's element count, non-finite count and failure in its own slot;
-    /// 2. when the histogram is due, each rank histograms its batch on the agreed range and one
-    ///    SUM adds the histograms (with a slot per rank for a failure).
-    ///
-    /// A rank whose batch is empty takes part with nothing; a step where every batch is empty
-    /// is a no-op.
-    fn observe_synced(&mut self, x: &Input<'_>) -> Result<()> {
-        let group = self.core.group.clone();
-        let (rank, world) = (group.rank(), group.world_size());
-        let engine = &self.core.engine;
-        let local = if x.is_empty() {
-            Ok(None)
-        } else {
-            engine.load(x).and_then(|l| {
-                let e = engine.extremes(&l, None)?;
-                Ok(Some((l, e)))
-            })
-        };
-
-        // 1. The header.
-        let settings = [self.bins, self.update_interval, self.window.step, self.window.hist.len()].map(|v| v as u64);
-        const SLOTS: usize = 1 + 2 * 4;
-        let mut header = vec![0u64; SLOTS + 3 * world];
-        for (i, v) in settings.iter().enumerate() {
-            header[1 + 2 * i] = *v;
-            header[2 + 2 * i] = !*v;
-        }
-        match &local {
-            Ok(Some((l, e))) => {
-                let amax = e.abs_max(0);
-                header[0] = u64::from(if amax == 0.0 { 0.0f32 } else { amax }.to_bits());
-                header[SLOTS + 3 * rank] = l.len() as u64;
-                header[SLOTS + 3 * rank + 1] = e.non_finite;
-            }
-            Ok(None) => {}
-            Err(_) => header[SLOTS + 3 * rank + 2] = 1,
-        }
-        group.all_reduce_u64(&mut header, ReduceOp::Max)?;
-        let slot = |r: usize, k: usize| header[SLOTS + 3 * r + k];
-        let refused: Vec<String> = (0..world)
-            .filter_map(|r| match (slot(r, 1), slot(r, 2)) {
-                (_, f) if f != 0 => Some(format!("rank {r} failed")),
-                (n, _) if n != 0 => Some(format!("rank {r} holds {n} non-finite value(s)")),
-                _ => None,
-            })
-            .collect();
-        if !refused.is_empty() {
-            return Err(match local {
-                Err(e) => e,
-                Ok(Some((_, e))) if e.non_finite > 0 => Error::NonFinite { count: e.non_finite },
-                Ok(_) => Error::Sync(format!(
-                    "the ranks' batches cannot be observed together ({}); the KL state is unchanged on every rank",
-                    refused.join(", ")
-                )),
-            });
-        }
-        if (0..settings.len()).any(|i| header[1 + 2 * i] != !header[2 + 2 * i]) {
-            return Err(Error::Sync(
-                "the ranks' KL observers differ in bins, update_interval or the position in the window; with \
-                 sync_histograms every rank observes the same number of batches with the same settings"
-                    .into(),
-            ));
-        }
-        let numel = (0..world).try_fold(0u64, |acc, r| acc.checked_add(slot(r, 0)));
-        let numel = numel
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| Error::TooLarge("the ranks' batches hold more elements than this machine counts".into()))?;
-        if numel == 0 {
-            return Ok(());
-        }
-        let amax = u32::try_from(header[0]).map(f32::from_bits).unwrap_or(f32::NAN);
-
-        // 2. The histogram, on the agreed range.
-        let mut window = self.window.clone();
-        window.add(self.bins, amax, numel, |bins, hi| {
-            let mine = match &local {
-                Ok(Some((l, _))) => engine.abs_histogram(l, bins, hi),
-                _ => Ok(vec![0; bins]),
-            };
-            let mut sums = vec![0u64; bins + world];
-            match &mine {
-                Ok(h) if h.len() == bins => sums[..bins].copy_from_slice(h),
-                _ => sums[bins + rank] = 1,
-            }
-            group.all_reduce_u64(&mut sums, ReduceOp::Sum)?;
-            let failed: Vec<usize> = (0..world).filter(|&r| sums[bins + r] != 0).collect();
-            match mine {
-                Err(e) => Err(e),
-                Ok(_) if !failed.is_empty() => {
-                    let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
-                    Err(Error::Sync(format!(
-                        "the histogram failed on rank(s) {}; the KL state is unchanged on every rank",
-                        failed.join(", ")
-                    )))
-                }
-                Ok(_) => {
-                    sums.truncate(bins);
-                    Ok(sums)
-                }
-            }
-        })?;
-        self.end_batch(window)
+    /// Whether observing needs the other ranks (`sync_histograms` with several ranks).
+    fn observes_synced(&self) -> bool {
+        self.sync_histograms && self.core.group.world_size() > 1
     }
 
     /// Counts the batch in `window`, closes the window after `update_interval` batches (the
@@ -314,8 +209,9 @@ impl Observer for KlObserver {
     }
 
     fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
-        if self.sync_histograms && self.core.group.world_size() > 1 {
-            return self.observe_synced(x);
+        if self.observes_synced() {
+            let group = self.core.group.clone();
+            return run_together(&*group, &mut [&mut SyncedObserve::new(self, x)])?.pop().unwrap_or(Ok(()));
         }
         if x.is_empty() {
             return Ok(());
@@ -345,8 +241,194 @@ impl Observer for KlObserver {
         self.core.qparams("no KL window has completed (update_interval batches)")
     }
 
+    fn observe_sync<'s>(&'s mut self, x: &'s Input<'_>) -> Option<Box<dyn SyncTask + 's>> {
+        self.observes_synced().then(|| Box::new(SyncedObserve::new(self, x)) as Box<dyn SyncTask + 's>)
+    }
+
     delegate_to_core!();
 }
 
 impl_observe!(KlObserver);
 impl_restore!(KlObserver, Kl);
+
+/// **Extension** `sync_histograms` (no other calibrator has it): the ranks observe one batch
+/// together, as one rank would observe their batches concatenated. The rounds, whose decisions
+/// are all taken on reduced values (so that all ranks succeed or fail together and keep
+/// identical windows):
+///
+/// 1. each rank contributes its batch's largest `|x|` (a maximum), the window's settings and
+///    position (which must agree), and gathers every rank's element count, non-finite count and
+///    failure;
+/// 2. when the histogram is due, each rank histograms its batch on the agreed range and the
+///    histograms are summed (with every rank's failure gathered beside).
+///
+/// A rank whose batch is empty takes part with nothing; a step where every batch is empty is a
+/// no-op. The window changes only at the end of the last round.
+struct SyncedObserve<'s, 'x> {
+    obs: &'s mut KlObserver,
+    x: &'s Input<'x>,
+    /// The batch and its extremes (`None`: empty), or why it could not be read (from round 1).
+    local: Result<Option<(Loaded<'x>, Extremes)>>,
+    stage: KlStage,
+}
+
+enum KlStage {
+    Start,
+    /// The header was asked for.
+    Header,
+    /// The histograms on `bins` bins up to `hi` were asked for; `window` is the window with the
+    /// new range and this batch's zeros, waiting for the summed histogram; `mine` this rank's
+    /// histogram outcome.
+    Histogram {
+        window: KlWindow,
+        mine: Result<()>,
+    },
+    Done,
+}
+
+impl<'s, 'x> SyncedObserve<'s, 'x> {
+    fn new(obs: &'s mut KlObserver, x: &'s Input<'x>) -> Self {
+        SyncedObserve { obs, x, local: Ok(None), stage: KlStage::Start }
+    }
+
+    /// Reads the batch: its extremes.
+    fn load(&mut self) {
+        let engine = &self.obs.core.engine;
+        self.local = if self.x.is_empty() {
+            Ok(None)
+        } else {
+            engine.load(self.x).and_then(|l| {
+                let e = engine.extremes(&l, None)?;
+                Ok(Some((l, e)))
+            })
+        };
+    }
+
+    /// Round 1: the largest `|x|`, the settings that must agree, the gathered counts.
+    fn header(&self) -> Contribution {
+        let w = &self.obs.window;
+        let checks = [self.obs.bins, self.obs.update_interval, w.step, w.hist.len()].map(|v| v as u64).to_vec();
+        let (amax, gathered) = match &self.local {
+            Ok(Some((l, e))) if e.non_finite == 0 => {
+                let a = e.abs_max(0);
+                (if a == 0.0 { 0.0 } else { a }, vec![l.len() as u64, 0, 0])
+            }
+            Ok(Some((l, e))) => (0.0, vec![l.len() as u64, e.non_finite, 0]),
+            Ok(None) => (0.0, vec![0, 0, 0]),
+            Err(_) => (0.0, vec![0, 0, 1]),
+        };
+        Contribution { maxs: vec![amax], checks, gathered, ..Default::default() }
+    }
+
+    /// After round 1: fails every rank when a rank failed or its batch holds non-finite values,
+    /// or when the settings differ; else the total element count and the agreed `|x|` maximum.
+    fn agree(&mut self, header: &Reduced) -> Result<(usize, f32)> {
+        let refused: Vec<String> = header
+            .gathered
+            .iter()
+            .enumerate()
+            .filter_map(|(r, g)| match g.as_slice() {
+                [_, _, f] if *f != 0 => Some(format!("rank {r} failed")),
+                [_, n, _] if *n != 0 => Some(format!("rank {r} holds {n} non-finite value(s)")),
+                [_, _, _] => None,
+                _ => Some(format!("rank {r} sent a malformed header")),
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(match std::mem::replace(&mut self.local, Ok(None)) {
+                Err(e) => e,
+                Ok(Some((_, e))) if e.non_finite > 0 => Error::NonFinite { count: e.non_finite },
+                Ok(_) => Error::Sync(format!(
+                    "the ranks' batches cannot be observed together ({}); the KL state is unchanged on every rank",
+                    refused.join(", ")
+                )),
+            });
+        }
+        if !header.checks_differ.is_empty() {
+            return Err(Error::Sync(format!(
+                "the ranks' KL observers differ in bins, update_interval or the position in the window (this rank \
+                 differs from {}); with sync_histograms every rank observes the same number of batches with the \
+                 same settings",
+                crate::sync::name_ranks(&header.checks_differ)
+            )));
+        }
+        let numel = header.gathered.iter().try_fold(0u64, |acc, g| acc.checked_add(g[0]));
+        let numel = numel
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| Error::TooLarge("the ranks' batches hold more elements than this machine counts".into()))?;
+        let amax = header.maxs.first().copied().unwrap_or(f32::NAN);
+        if !(amax >= 0.0 && amax.is_finite()) {
+            return Err(Error::Sync(format!("the ranks agreed on a largest |x| of {amax}")));
+        }
+        Ok((numel, amax))
+    }
+}
+
+impl SyncTask for SyncedObserve<'_, '_> {
+    fn next(&mut self, previous: Option<Reduced>) -> Result<Option<Contribution>> {
+        match (std::mem::replace(&mut self.stage, KlStage::Done), previous) {
+            (KlStage::Start, _) => {
+                self.load();
+                self.stage = KlStage::Header;
+                Ok(Some(self.header()))
+            }
+            (KlStage::Header, Some(header)) => {
+                let (numel, amax) = self.agree(&header)?;
+                if numel == 0 {
+                    return Ok(None);
+                }
+                // The window with the agreed range (and the zeros of an all-zero start), with an
+                // empty histogram for this batch: the summed one is added after round 2.
+                let mut window = self.obs.window.clone();
+                let mut due = None;
+                window.add(self.obs.bins, amax, numel, |bins, hi| {
+                    due = Some((bins, hi));
+                    Ok(vec![0; bins])
+                })?;
+                let Some((bins, hi)) = due else {
+                    self.obs.end_batch(window)?;
+                    return Ok(None);
+                };
+                let engine = &self.obs.core.engine;
+                let mine = match &self.local {
+                    Ok(Some((l, _))) => engine.abs_histogram(l, bins, hi).and_then(|h| {
+                        if h.len() == bins {
+                            Ok(h)
+                        } else {
+                            Err(Error::Device(format!("a histogram of {} bins instead of {bins}", h.len())))
+                        }
+                    }),
+                    _ => Ok(vec![0; bins]),
+                };
+                let (sums, failed) = match &mine {
+                    Ok(h) => (h.clone(), 0),
+                    Err(_) => (vec![0; bins], 1),
+                };
+                self.stage = KlStage::Histogram { window, mine: mine.map(|_| ()) };
+                Ok(Some(Contribution { sums, gathered: vec![failed], ..Default::default() }))
+            }
+            (KlStage::Histogram { mut window, mine }, Some(summed)) => {
+                let failed: Vec<usize> =
+                    summed.gathered.iter().enumerate().filter(|(_, g)| g.first() != Some(&0)).map(|(r, _)| r).collect();
+                mine?;
+                if !failed.is_empty() {
+                    let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
+                    return Err(Error::Sync(format!(
+                        "the histogram failed on rank(s) {}; the KL state is unchanged on every rank",
+                        failed.join(", ")
+                    )));
+                }
+                if summed.sums.len() != window.hist.len() {
+                    return Err(Error::Sync("the summed histogram has another length".into()));
+                }
+                for (h, s) in window.hist.iter_mut().zip(summed.sums) {
+                    *h = h.checked_add(s).ok_or_else(|| Error::TooLarge("a histogram count overflows u64".into()))?;
+                }
+                self.obs.end_batch(window)?;
+                Ok(None)
+            }
+            (KlStage::Done, _) => Ok(None),
+            (_, None) => Err(Error::Sync("a round of the KL synchronisation returned nothing".into())),
+        }
+    }
+}

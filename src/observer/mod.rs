@@ -1,6 +1,7 @@
 //! The observers of `horizon_plugin_pytorch.quantization.observer_v2` (SPEC §4): one type per
 //! observer, all behind the [`Observer`] trait.
 
+mod all;
 mod config;
 mod core;
 mod kl;
@@ -16,8 +17,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::all::{observe_all, qparams_all};
 pub use self::config::ObserverConfig;
-pub use self::core::RangeStats;
+pub use self::core::{QParamsSync, RangeStats};
 pub use kl::{KlObserver, KlWindow};
 pub use min_max::{MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver};
 pub use mix::{MIX_BINS, MIX_FRACTIONS, MixObserver};
@@ -29,7 +31,7 @@ use crate::config::QuantConfig;
 use crate::engine::Device;
 use crate::error::Result;
 use crate::input::Input;
-use crate::sync::ProcessGroup;
+use crate::sync::{ProcessGroup, SyncTask};
 use crate::tensor::TensorView;
 
 /// Quantization parameters: one scale and zero point per tensor or per channel.
@@ -188,6 +190,25 @@ pub trait Observer: Send + fmt::Debug {
     /// The process group `is_sync_quantize` reduces over (default: a single rank).
     fn set_process_group(&mut self, group: Arc<dyn ProcessGroup>);
 
+    /// The process group set by [`Observer::set_process_group`].
+    fn process_group(&self) -> Arc<dyn ProcessGroup>;
+
+    /// Sync as data: this observer's part in the `is_sync_quantize` reduction that precedes
+    /// its qparams ([`QParamsSync`]). [`Observer::qparams`] runs it alone;
+    /// [`qparams_all`] runs those of many observers in one collective per round.
+    fn qparams_sync(&mut self) -> QParamsSync<'_>;
+
+    /// Sync as data: when observing `x` needs the other ranks (KL with
+    /// [`sync_histograms`](crate::KlConfig::sync_histograms) and several ranks), the
+    /// synchronised observation of `x`; `None` when the observer observes alone.
+    /// [`Observer::observe_input`] runs it alone; [`observe_all`] runs those of many observers
+    /// in one collective per round.
+    /// Making the task costs nothing: the batch is read in its first round.
+    fn observe_sync<'s>(&'s mut self, x: &'s Input<'_>) -> Option<Box<dyn SyncTask + 's>> {
+        let _ = x;
+        None
+    }
+
     /// The full calibration state: the configuration, `min_val`/`max_val`, the batch count and
     /// (KL) the window in progress. Save it (e.g. [`ObserverState::to_json`]) to resume later with
     /// [`ObserverState::into_observer`] or [`Observer::load_state`]; the resumed observer gives
@@ -285,6 +306,15 @@ macro_rules! delegate_to_core {
 
         fn set_process_group(&mut self, group: std::sync::Arc<dyn $crate::sync::ProcessGroup>) {
             self.core.group = group;
+        }
+
+        fn process_group(&self) -> std::sync::Arc<dyn $crate::sync::ProcessGroup> {
+            self.core.group.clone()
+        }
+
+        fn qparams_sync(&mut self) -> $crate::observer::QParamsSync<'_> {
+            let what = $crate::observer::core::no_statistics_reason(self.kind());
+            self.core.qparams_sync(what)
         }
 
         fn save_state(&self) -> $crate::observer::ObserverState {

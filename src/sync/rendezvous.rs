@@ -4,26 +4,52 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::limits::MAX_WORLD_SIZE;
 use super::timeout::{TIMEOUT_VAR, parse_timeout};
 use crate::error::{Error, Result};
 
+/// Who serves the TCP store the ranks meet in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreRole {
+    /// Rank 0 serves qcalib's [`StoreServer`](super::StoreServer) on `MASTER_PORT`, the other
+    /// ranks are its clients (the plain variables, or a launcher without an agent store).
+    RankZero,
+    /// A `torchrun` agent serves it on `MASTER_ADDR:MASTER_PORT`
+    /// (`TORCHELASTIC_USE_AGENT_STORE=True`): every rank is a client, and qcalib's keys go
+    /// under `/worker/attempt_{restart_count}/`, so that they never meet another job's.
+    Agent {
+        /// `TORCHELASTIC_RESTART_COUNT`: which attempt of the job this is.
+        restart_count: u64,
+    },
+}
+
 /// One rank's place in a multi-process run, read from the variables `torchrun` sets:
 /// `RANK`, `WORLD_SIZE`, `LOCAL_RANK` (the GPU ordinal on its machine; 0 when unset),
-/// `MASTER_ADDR`, `MASTER_PORT`, and qcalib's [`QCALIB_SYNC_TIMEOUT`](super::TIMEOUT_VAR).
+/// `MASTER_ADDR`, `MASTER_PORT`, `TORCHELASTIC_USE_AGENT_STORE`, `TORCHELASTIC_RESTART_COUNT`,
+/// and qcalib's [`QCALIB_SYNC_TIMEOUT`](super::TIMEOUT_VAR). `WORLD_SIZE` above 65536
+/// ([`MAX_WORLD_SIZE`](super::limits::MAX_WORLD_SIZE)) is a configuration error.
 ///
-/// Rank 0 serves the [`TcpStore`](super::TcpStore) on `MASTER_PORT` (on `MASTER_ADDR` when it
-/// is a loopback address, else on every interface of its address family); the other ranks
-/// connect to `MASTER_ADDR:MASTER_PORT`. The store has no authentication, like PyTorch's: use
-/// it on trusted networks only.
+/// Under `torchrun` (`TORCHELASTIC_USE_AGENT_STORE=True`) every rank is a client of the store
+/// torchrun's agent serves at `MASTER_ADDR:MASTER_PORT`. Otherwise rank 0 serves one there (on
+/// `MASTER_ADDR` when it is a loopback address, else on every interface of its address family)
+/// and the other ranks connect to it. The store has no authentication, like PyTorch's: use it
+/// on trusted networks only.
 ///
 /// ```
-/// use qcalib::sync::Rendezvous;
+/// use qcalib::sync::{Rendezvous, StoreRole};
 /// let vars = [("RANK", "1"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1"),
 ///             ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")];
 /// let get = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
 /// let rv = Rendezvous::from_vars(get)?.expect("a multi-rank run");
 /// assert_eq!((rv.rank, rv.world_size, rv.local_rank), (1, 4, 1));
 /// assert_eq!(rv.store_addr(), "127.0.0.1:29500");
+/// assert_eq!(rv.store, StoreRole::RankZero); // no torchrun agent: rank 0 serves
+/// let agent = |k: &str| match k {
+///     "TORCHELASTIC_USE_AGENT_STORE" => Some("True".to_string()),
+///     "TORCHELASTIC_RESTART_COUNT" => Some("2".to_string()),
+///     _ => get(k),
+/// };
+/// assert_eq!(Rendezvous::from_vars(agent)?.unwrap().store, StoreRole::Agent { restart_count: 2 });
 /// // Without WORLD_SIZE, or with WORLD_SIZE=1, there is nothing to join.
 /// assert_eq!(Rendezvous::from_vars(|_| None)?, None);
 /// # Ok::<(), qcalib::Error>(())
@@ -42,6 +68,8 @@ pub struct Rendezvous {
     pub master_port: u16,
     /// How long every wait for other ranks may take.
     pub timeout: Duration,
+    /// Who serves the store.
+    pub store: StoreRole,
 }
 
 impl Rendezvous {
@@ -68,6 +96,12 @@ impl Rendezvous {
         if world_size == 0 {
             return Err(Error::config("WORLD_SIZE", "must be at least 1"));
         }
+        if world_size > MAX_WORLD_SIZE {
+            return Err(Error::config(
+                "WORLD_SIZE",
+                format!("{world_size} is more than the {MAX_WORLD_SIZE} ranks qcalib supports"),
+            ));
+        }
         if world_size == 1 {
             return match rank {
                 None | Some(0) => Ok(None),
@@ -79,6 +113,9 @@ impl Rendezvous {
             return Err(Error::config("RANK", format!("{rank} is not below WORLD_SIZE={world_size}")));
         }
         let local_rank = number("LOCAL_RANK")?.unwrap_or(0);
+        if local_rank >= MAX_WORLD_SIZE {
+            return Err(Error::config("LOCAL_RANK", format!("{local_rank} is not below {MAX_WORLD_SIZE}")));
+        }
         let master_addr = var("MASTER_ADDR")
             .map(|a| a.trim().to_string())
             .filter(|a| !a.is_empty())
@@ -92,7 +129,18 @@ impl Rendezvous {
             .filter(|&p| p != 0)
             .ok_or_else(|| Error::config("MASTER_PORT", format!("`{port}` is not a port number (1 to 65535)")))?;
         let timeout = parse_timeout(var(TIMEOUT_VAR).as_deref())?;
-        Ok(Some(Rendezvous { rank, world_size, local_rank, master_addr, master_port, timeout }))
+        let store = match var("TORCHELASTIC_USE_AGENT_STORE").as_deref().map(str::trim) {
+            Some("True") => {
+                let count = var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|| "0".into());
+                let restart_count =
+                    count.trim().parse::<u64>().ok().filter(|&c| c <= u64::from(u32::MAX)).ok_or_else(|| {
+                        Error::config("TORCHELASTIC_RESTART_COUNT", format!("`{count}` is not a restart count"))
+                    })?;
+                StoreRole::Agent { restart_count }
+            }
+            _ => StoreRole::RankZero,
+        };
+        Ok(Some(Rendezvous { rank, world_size, local_rank, master_addr, master_port, timeout, store }))
     }
 
     /// `MASTER_ADDR:MASTER_PORT`, an IPv6 address in brackets.
@@ -142,18 +190,43 @@ mod tests {
         assert_eq!(r.store_addr(), "[::1]:1234");
         assert_eq!(r.bind_addr().unwrap(), "[::1]:1234".parse().unwrap());
         assert_eq!(rv(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap(), None);
+        assert_eq!(r.store, StoreRole::RankZero);
+        let max = MAX_WORLD_SIZE.to_string();
+        let last = (MAX_WORLD_SIZE - 1).to_string();
+        let big = rv(&[("RANK", &last), ("WORLD_SIZE", &max), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")]);
+        assert_eq!(big.unwrap().unwrap().world_size, MAX_WORLD_SIZE);
+        let agent = rv(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "localhost"),
+            ("MASTER_PORT", "29500"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ]);
+        assert_eq!(agent.unwrap().unwrap().store, StoreRole::Agent { restart_count: 0 });
     }
 
     #[test]
     fn names_what_is_wrong() {
         let base = [("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")];
-        let cases: [(&[(&str, &str)], &str); 6] = [
+        let cases: [(&[(&str, &str)], &str); 10] = [
             (&[("WORLD_SIZE", "two")], "WORLD_SIZE"),
             (&[("WORLD_SIZE", "2")], "RANK"),
             (&[("WORLD_SIZE", "2"), ("RANK", "2")], "RANK"),
             (&[("WORLD_SIZE", "1"), ("RANK", "1")], "RANK"),
             (&[("WORLD_SIZE", "0")], "WORLD_SIZE"),
             (&[("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "-1")], "LOCAL_RANK"),
+            (&[("WORLD_SIZE", "1000000000000"), ("RANK", "0")], "WORLD_SIZE"),
+            (&[("WORLD_SIZE", "65537"), ("RANK", "65536")], "WORLD_SIZE"),
+            (&[("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "70000")], "LOCAL_RANK"),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+                    ("TORCHELASTIC_RESTART_COUNT", "x"),
+                ],
+                "TORCHELASTIC_RESTART_COUNT",
+            ),
         ];
         for (vars, name) in cases {
             let all: Vec<_> = vars.iter().chain(&base).copied().collect();

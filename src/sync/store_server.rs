@@ -1,128 +1,188 @@
-//! The TCP store that rank 0 serves: a table of keys and values that the ranks set and wait for.
+//! qcalib's TCP store server: PyTorch's TCPStore protocol (see [`protocol`](super::protocol)), so
+//! that `torch.distributed.TCPStore` clients can use it as they use PyTorch's own, with limits
+//! that keep malformed or hostile connections from exhausting the machine.
 //!
-//! One thread accepts connections and one thread serves each connection. The store knows each
-//! connection's rank (its first message says it), so when a rank's connection closes before it
-//! said goodbye (its process died), every wait fails at once with that rank's name instead of
-//! running into its timeout.
+//! One thread accepts connections; each connection has a thread that reads its requests. A
+//! `WAIT` that cannot be answered yet is answered by the thread whose `SET` (or `ADD`,
+//! `APPEND`, …) completes it.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, BufWriter, ErrorKind};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::wire::{Request, Response};
+use super::limits::{
+    DEFAULT_STORE_BYTES, HANDSHAKE_DEADLINE, MAX_CONNECTIONS, MAX_PENDING_CONNECTIONS, STORE_BYTES_VAR,
+};
+use super::protocol::{
+    Message, NOT_READY, READY, Request, STOP_WAITING, VALIDATION_MAGIC, WAIT_CANCELED, query, read_array,
+};
+use crate::error::{Error, Result};
 
 /// How often the accepting thread looks for a stop request.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
-/// A running store; stops accepting connections when dropped.
+/// How long an answer may take to leave before the connection is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a stored entry costs beyond its key and value bytes (for the memory budget).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The stack of each connection thread (they only parse and copy).
+const THREAD_STACK: usize = 256 * 1024;
+
+/// A TCP store speaking PyTorch's TCPStore protocol: what rank 0 serves when no `torchrun`
+/// agent does, and what a `torch.distributed.TCPStore(host, port, is_master=False)` client
+/// can use (set, get, add, check, wait, multi-get, delete, compare-set, ping).
+///
+/// It has no authentication, like PyTorch's: serve it on trusted networks only. What it
+/// enforces: a new connection must send the validation handshake within 5 s
+/// ([`HANDSHAKE_DEADLINE`](super::limits::HANDSHAKE_DEADLINE)) and reads nothing else before it;
+/// at most 32 connections wait for their handshake and 1024 are served; keys are at most 8 KiB,
+/// values 8 MiB, requests name at most 131072 keys; keys and values held, together with the
+/// requests being read, stay under `QCALIB_STORE_MAX_BYTES` (1 GiB by default). A connection
+/// that breaks a limit is closed.
+///
+/// ```
+/// use std::time::Duration;
+/// use qcalib::sync::{StoreServer, TcpStore};
+/// let server = StoreServer::serve("127.0.0.1:0".parse().unwrap())?;
+/// let store = TcpStore::connect(&server.local_addr().to_string(), Duration::from_secs(5))?;
+/// store.set("greeting", b"hello")?;
+/// assert_eq!(store.get("greeting")?, b"hello");
+/// assert_eq!(store.add("counter", 2)?, 2);
+/// # Ok::<(), qcalib::Error>(())
+/// ```
 #[derive(Debug)]
-pub(crate) struct StoreServer {
+pub struct StoreServer {
     addr: SocketAddr,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
-struct State {
-    world: usize,
+struct Shared {
     table: Mutex<Table>,
-    changed: Condvar,
     stop: AtomicBool,
+    /// Connections still in their handshake.
+    pending: AtomicUsize,
+    /// Validated connections.
+    served: AtomicUsize,
+    /// Bytes of requests being read (not yet in the table).
+    reading: AtomicUsize,
+    /// The most bytes the table and the requests being read may hold, each.
+    capacity: usize,
+    /// Every open connection, to close them when the server stops.
+    streams: Mutex<HashMap<u64, TcpStream>>,
+    next_id: AtomicU64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Table {
-    values: HashMap<String, Vec<u8>>,
-    ranks: Vec<Presence>,
+    values: HashMap<Vec<u8>, Vec<u8>>,
+    /// What `values` costs against the capacity.
+    bytes: usize,
+    /// The connections waiting for each missing key.
+    waiting: HashMap<Vec<u8>, Vec<u64>>,
+    /// Each waiting connection: how many of its keys are still missing.
+    awaited: HashMap<u64, (usize, Arc<Conn>)>,
 }
 
-/// Where a rank stands with the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Presence {
-    /// Not connected yet.
-    Absent,
-    /// Connected and working.
-    Connected,
-    /// Said goodbye: done with the store.
-    Finished,
-    /// Said goodbye after a failure, for this reason.
-    Failed(String),
-    /// Its connection closed without a goodbye.
-    Lost,
+/// The writing side of a connection.
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    writer: Mutex<TcpStream>,
+    /// A `STOP_WAITING` is owed: its wait completed, and the answer is not written yet.
+    wake_owed: AtomicBool,
 }
 
 impl StoreServer {
-    /// Serves a store for `world` ranks on `addr`.
-    pub(crate) fn serve(addr: SocketAddr, world: usize) -> io::Result<StoreServer> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(State {
-            world,
-            table: Mutex::new(Table { values: HashMap::new(), ranks: vec![Presence::Absent; world] }),
-            changed: Condvar::new(),
+    /// Serves a store on `addr` (port 0: a free port; see [`StoreServer::local_addr`]).
+    pub fn serve(addr: SocketAddr) -> Result<StoreServer> {
+        let capacity = store_capacity()?;
+        let listener = TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| Error::Sync(format!("could not serve a store on {addr}: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| Error::Sync(format!("the store's address: {e}")))?;
+        let shared = Arc::new(Shared {
+            table: Mutex::new(Table::default()),
             stop: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
+            reading: AtomicUsize::new(0),
+            capacity,
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         });
-        let accepting = state.clone();
+        let accepting = shared.clone();
         let acceptor = std::thread::Builder::new()
             .name("qcalib-store".into())
-            .spawn(move || accept_loop(&listener, &accepting))?;
-        Ok(StoreServer { addr, state, acceptor: Some(acceptor) })
+            .spawn(move || accept_loop(&listener, &accepting))
+            .map_err(|e| Error::Sync(format!("could not start the store's thread: {e}")))?;
+        Ok(StoreServer { addr, shared, acceptor: Some(acceptor) })
     }
 
     /// The address the store listens on.
-    pub(crate) fn local_addr(&self) -> SocketAddr {
+    pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Waits (at most `timeout`) until no rank is connected and working any more, so that the
-    /// store outlives the ranks still reading the last values.
-    pub(crate) fn linger(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut table = lock(&self.state.table);
-        while table.ranks.contains(&Presence::Connected) {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            table = wait(&self.state.changed, table, deadline - now);
+    /// The number of validated connections being served (for tests of the limits).
+    pub fn connections(&self) -> usize {
+        self.shared.served.load(Ordering::SeqCst)
+    }
+}
+
+/// The store's capacity: [`STORE_BYTES_VAR`] or [`DEFAULT_STORE_BYTES`].
+fn store_capacity() -> Result<usize> {
+    match std::env::var(STORE_BYTES_VAR) {
+        Err(_) => Ok(DEFAULT_STORE_BYTES),
+        Ok(v) => {
+            v.trim().parse::<usize>().ok().filter(|&b| b >= 1 << 20).ok_or_else(|| {
+                Error::config(STORE_BYTES_VAR, format!("`{v}` is not a number of bytes of at least 1 MiB"))
+            })
         }
     }
 }
 
 impl Drop for StoreServer {
+    /// Stops accepting and closes every connection.
     fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        self.state.changed.notify_all();
+        self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
+        }
+        for stream in lock(&self.shared.streams).values() {
+            let _ = stream.shutdown(Shutdown::Both);
         }
     }
 }
 
-fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn wait<'a>(c: &Condvar, t: MutexGuard<'a, Table>, d: Duration) -> MutexGuard<'a, Table> {
-    c.wait_timeout(t, d).map_or_else(|e| e.into_inner().0, |(t, _)| t)
-}
-
-fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
-    while !state.stop.load(Ordering::SeqCst) {
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let serving = state.clone();
+                // Over the cap of connections in their handshake: closed at once.
+                if shared.pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING_CONNECTIONS {
+                    shared.pending.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let serving = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("qcalib-store-conn".into())
+                    .stack_size(THREAD_STACK)
                     .spawn(move || serve_connection(stream, &serving));
                 if spawned.is_err() {
-                    // Out of threads: the connection is dropped, and its rank sees the store go away.
-                    continue;
+                    // Out of threads: the connection is dropped.
+                    shared.pending.fetch_sub(1, Ordering::SeqCst);
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
@@ -133,102 +193,304 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
     }
 }
 
-fn serve_connection(stream: TcpStream, state: &State) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = BufWriter::new(stream);
-    let mut rank: Option<usize> = None;
-    while let Ok(Some(request)) = Request::read(&mut reader) {
-        let response = match (request, rank) {
-            (Request::Hello { rank: r, world }, None) => match state.join(r as usize, world as usize) {
-                Ok(()) => {
-                    rank = Some(r as usize);
-                    Response::Ok
-                }
-                Err(why) => Response::Refused(why),
-            },
-            (Request::Hello { .. }, Some(_)) => Response::Refused("this connection has already said hello".into()),
-            (_, None) => Response::Refused("the first message must say which rank is calling".into()),
-            (Request::Set { key, value }, Some(_)) => {
-                lock(&state.table).values.insert(key, value);
-                state.changed.notify_all();
-                Response::Ok
-            }
-            (Request::Wait { keys, timeout_ms }, Some(_)) => state.wait_for(&keys, Duration::from_millis(timeout_ms)),
-            (Request::Delete { key }, Some(_)) => {
-                lock(&state.table).values.remove(&key);
-                Response::Ok
-            }
-            (Request::Bye { failure }, Some(r)) => {
-                state.set_presence(r, if failure.is_empty() { Presence::Finished } else { Presence::Failed(failure) });
-                Response::Ok
-            }
-        };
-        if response.write(&mut writer).is_err() {
-            break;
+/// The validation handshake: the byte `VALIDATE` and the magic number, within the deadline.
+fn handshake(stream: &mut TcpStream) -> io::Result<()> {
+    let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    let mut got = [0u8; 5];
+    let mut filled = 0;
+    while filled < got.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(ErrorKind::TimedOut, "no handshake in time"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut got[filled..]) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    if let Some(r) = rank {
-        let mut table = lock(&state.table);
-        if table.ranks[r] == Presence::Connected {
-            table.ranks[r] = Presence::Lost;
-        }
-        drop(table);
-        state.changed.notify_all();
+    let magic = u32::from_le_bytes([got[1], got[2], got[3], got[4]]);
+    if got[0] != query::VALIDATE || magic != VALIDATION_MAGIC {
+        return Err(io::Error::new(ErrorKind::InvalidData, "not a TCPStore handshake"));
     }
+    stream.set_read_timeout(None)
 }
 
-impl State {
-    fn join(&self, rank: usize, world: usize) -> Result<(), String> {
-        if world != self.world {
-            return Err(format!(
-                "rank {rank} was started with WORLD_SIZE={world}, but the store serves {} ranks",
-                self.world
-            ));
+fn serve_connection(mut stream: TcpStream, shared: &Arc<Shared>) {
+    let _ = stream.set_nonblocking(false);
+    let validated = handshake(&mut stream);
+    shared.pending.fetch_sub(1, Ordering::SeqCst);
+    if validated.is_err() {
+        return;
+    }
+    if shared.served.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        shared.served.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let setup = (|| -> io::Result<(TcpStream, TcpStream)> {
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        Ok((stream.try_clone()?, stream.try_clone()?))
+    })();
+    if let Ok((writer, registered)) = setup {
+        lock(&shared.streams).insert(id, registered);
+        // The server may have stopped between the accept and now: then nothing is served.
+        if !shared.stop.load(Ordering::SeqCst) {
+            let conn = Arc::new(Conn { id, writer: Mutex::new(writer), wake_owed: AtomicBool::new(false) });
+            let mut reader = BufReader::with_capacity(64 * 1024, stream);
+            while serve_request(&mut reader, &conn, shared).is_ok() {}
+            shared.forget_waits(id);
         }
-        if rank >= self.world {
-            return Err(format!("rank {rank} is not below WORLD_SIZE={}", self.world));
+        if let Some(s) = lock(&shared.streams).remove(&id) {
+            let _ = s.shutdown(Shutdown::Both);
         }
-        let mut table = lock(&self.table);
-        if table.ranks[rank] != Presence::Absent {
-            return Err(format!("rank {rank} has already joined: two processes were started with RANK={rank}"));
+    }
+    shared.served.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Reads one request and answers it; an error ends the connection.
+fn serve_request(reader: &mut impl Read, conn: &Arc<Conn>, shared: &Shared) -> io::Result<()> {
+    let q = read_array::<1>(reader)?[0];
+    let mut charged = 0usize;
+    let request = Request::read(q, reader, &mut |n| {
+        shared.charge_reading(n)?;
+        charged += n;
+        Ok(())
+    });
+    let result = request.and_then(|r| shared.handle(r, conn));
+    shared.reading.fetch_sub(charged, Ordering::SeqCst);
+    result
+}
+
+fn full(why: &str) -> io::Error {
+    io::Error::new(ErrorKind::OutOfMemory, why.to_string())
+}
+
+impl Shared {
+    /// Counts `n` more bytes of requests being read, refusing beyond the capacity.
+    fn charge_reading(&self, n: usize) -> io::Result<()> {
+        let before = self.reading.fetch_add(n, Ordering::SeqCst);
+        if before.saturating_add(n) > self.capacity {
+            self.reading.fetch_sub(n, Ordering::SeqCst);
+            return Err(full("the store is full (requests being read)"));
         }
-        table.ranks[rank] = Presence::Connected;
         Ok(())
     }
 
-    fn set_presence(&self, rank: usize, presence: Presence) {
-        lock(&self.table).ranks[rank] = presence;
-        self.changed.notify_all();
-    }
-
-    fn wait_for(&self, keys: &[String], timeout: Duration) -> Response {
-        let deadline = Instant::now() + timeout;
-        let mut table = lock(&self.table);
-        loop {
-            let missing: Vec<u32> =
-                (0..keys.len() as u32).filter(|&i| !table.values.contains_key(&keys[i as usize])).collect();
-            if missing.is_empty() {
-                return Response::Values(
-                    keys.iter().map(|k| table.values.get(k).cloned().unwrap_or_default()).collect(),
-                );
+    fn handle(&self, request: Request, conn: &Arc<Conn>) -> io::Result<()> {
+        match request {
+            Request::Set(key, value) => {
+                let woken = self.store(&mut lock(&self.table), key, value)?;
+                self.wake(woken)
             }
-            // A rank that is gone comes first: a rank that stopped may only have seen it go.
-            if let Some(r) = table.ranks.iter().position(|p| *p == Presence::Lost) {
-                return Response::RankLost(r as u32);
+            Request::CompareSet(key, expected, desired) => {
+                let (answer, woken) = {
+                    let mut table = lock(&self.table);
+                    // PyTorch's libuv semantics: a missing key is set when `expected` is empty
+                    // (and `expected` answered otherwise); a present key is replaced when it
+                    // equals `expected`; the answer is the value now stored.
+                    match table.values.get(&key).cloned() {
+                        None if expected.is_empty() => (desired.clone(), self.store(&mut table, key, desired)?),
+                        None => (expected, table.woken_by(&key)),
+                        Some(current) if current == expected => {
+                            (desired.clone(), self.store(&mut table, key, desired)?)
+                        }
+                        Some(current) => (current, table.woken_by(&key)),
+                    }
+                };
+                self.wake(woken)?;
+                conn.send(&Message::default().bytes(&answer).0)
             }
-            for (r, presence) in table.ranks.iter().enumerate() {
-                if let Presence::Failed(why) = presence {
-                    return Response::RankFailed(r as u32, why.clone());
+            Request::Get(key) => {
+                let value = lock(&self.table).values.get(&key).cloned().unwrap_or_default();
+                conn.send(&Message::default().bytes(&value).0)
+            }
+            Request::Add(key, delta) => {
+                let (sum, woken) = {
+                    let mut table = lock(&self.table);
+                    let old = match table.values.get(&key) {
+                        None => 0,
+                        Some(v) => parse_i64(v)?,
+                    };
+                    let sum = old
+                        .checked_add(delta)
+                        .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "an ADD overflows"))?;
+                    (sum, self.store(&mut table, key, sum.to_string().into_bytes())?)
+                };
+                self.wake(woken)?;
+                conn.send(&sum.to_le_bytes())
+            }
+            Request::Check(keys) => {
+                let ready = {
+                    let table = lock(&self.table);
+                    keys.iter().all(|k| table.values.contains_key(k))
+                };
+                conn.send(&[if ready { READY } else { NOT_READY }])
+            }
+            Request::Wait(keys) => {
+                let mut table = lock(&self.table);
+                if table.awaited.contains_key(&conn.id) {
+                    return Err(io::Error::new(ErrorKind::InvalidData, "a WAIT while another is pending"));
                 }
+                let missing: Vec<Vec<u8>> = keys.into_iter().filter(|k| !table.values.contains_key(k)).collect();
+                if missing.is_empty() {
+                    drop(table);
+                    return conn.send(&[STOP_WAITING]);
+                }
+                table.awaited.insert(conn.id, (missing.len(), conn.clone()));
+                for k in missing {
+                    table.waiting.entry(k).or_default().push(conn.id);
+                }
+                Ok(())
             }
-            let now = Instant::now();
-            if now >= deadline || self.stop.load(Ordering::SeqCst) {
-                return Response::TimedOut(missing);
+            Request::NumKeys => {
+                let n = lock(&self.table).values.len() as i64;
+                conn.send(&n.to_le_bytes())
             }
-            table = wait(&self.changed, table, deadline - now);
+            Request::Delete(key) => {
+                let removed = {
+                    let mut table = lock(&self.table);
+                    match table.values.remove(&key) {
+                        Some(v) => {
+                            table.bytes -= cost(&key, &v);
+                            1i64
+                        }
+                        None => 0,
+                    }
+                };
+                conn.send(&removed.to_le_bytes())
+            }
+            Request::Append(key, value) => {
+                let woken = {
+                    let mut table = lock(&self.table);
+                    let mut joined = table.values.get(&key).cloned().unwrap_or_default();
+                    joined.extend(value);
+                    self.store(&mut table, key, joined)?
+                };
+                self.wake(woken)
+            }
+            Request::MultiGet(keys) => {
+                let answer = {
+                    let table = lock(&self.table);
+                    let mut m = Message::default();
+                    for k in &keys {
+                        m = m.bytes(table.values.get(k).map_or(&[][..], Vec::as_slice));
+                    }
+                    m
+                };
+                conn.send(&answer.0)
+            }
+            Request::MultiSet(pairs) => {
+                let mut woken = Vec::new();
+                {
+                    let mut table = lock(&self.table);
+                    for (key, value) in pairs {
+                        woken.extend(self.store(&mut table, key, value)?);
+                    }
+                }
+                self.wake(woken)
+            }
+            Request::CancelWait => {
+                let writing = lock(&conn.writer);
+                {
+                    let mut table = lock(&self.table);
+                    table.cancel(conn.id);
+                }
+                // A wait completed just before the cancel is answered first, as PyTorch does.
+                if conn.wake_owed.swap(false, Ordering::SeqCst) {
+                    write_to(&writing, &[STOP_WAITING])?;
+                }
+                write_to(&writing, &[WAIT_CANCELED])
+            }
+            Request::Ping(nonce) => conn.send(&nonce.to_le_bytes()),
         }
     }
+
+    /// Stores `value` under `key` within the capacity; returns the connections whose waits it
+    /// completes.
+    fn store(&self, table: &mut Table, key: Vec<u8>, value: Vec<u8>) -> io::Result<Vec<Arc<Conn>>> {
+        let old = table.values.get(&key).map_or(0, |v| cost(&key, v));
+        let new = cost(&key, &value);
+        let bytes = table.bytes - old + new;
+        if bytes > self.capacity {
+            return Err(full("the store is full"));
+        }
+        table.bytes = bytes;
+        let woken = table.woken_by(&key);
+        table.values.insert(key, value);
+        Ok(woken)
+    }
+
+    /// Answers the waits that completed.
+    fn wake(&self, woken: Vec<Arc<Conn>>) -> io::Result<()> {
+        for conn in woken {
+            let writing = lock(&conn.writer);
+            if conn.wake_owed.swap(false, Ordering::SeqCst) && write_to(&writing, &[STOP_WAITING]).is_err() {
+                let _ = writing.shutdown(Shutdown::Both);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the wait of a connection that closed.
+    fn forget_waits(&self, id: u64) {
+        lock(&self.table).cancel(id);
+    }
+}
+
+impl Table {
+    /// The connections whose last missing key is `key` (now set): their waits complete.
+    fn woken_by(&mut self, key: &[u8]) -> Vec<Arc<Conn>> {
+        let mut woken = Vec::new();
+        for id in self.waiting.remove(key).unwrap_or_default() {
+            if let Some((left, _)) = self.awaited.get_mut(&id) {
+                *left -= 1;
+                if *left == 0
+                    && let Some((_, conn)) = self.awaited.remove(&id)
+                {
+                    conn.wake_owed.store(true, Ordering::SeqCst);
+                    woken.push(conn);
+                }
+            }
+        }
+        woken
+    }
+
+    /// Drops the pending wait of connection `id`, if any.
+    fn cancel(&mut self, id: u64) {
+        if self.awaited.remove(&id).is_some() {
+            self.waiting.retain(|_, ids| {
+                ids.retain(|&i| i != id);
+                !ids.is_empty()
+            });
+        }
+    }
+}
+
+impl Conn {
+    /// Writes one whole answer.
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        write_to(&lock(&self.writer), bytes)
+    }
+}
+
+fn write_to(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes)?;
+    stream.flush()
+}
+
+/// What an entry costs against the capacity.
+fn cost(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
+/// A stored counter (decimal text, as `ADD` writes it).
+fn parse_i64(v: &[u8]) -> io::Result<i64> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "ADD on a value that is not a number"))
 }

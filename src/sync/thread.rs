@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::contribution::{Contribution, name_ranks, reduce_in_rank_order};
-use super::{ProcessGroup, ReduceOp, default_timeout};
+use super::contribution::{Array, Outcome, Payload, name_ranks, reduce_in_rank_order};
+use super::{Contribution, ProcessGroup, ReduceOp, Reduced, default_timeout};
 use crate::error::{Error, Result};
 
 /// One rank of a group whose ranks are threads of this process (data-parallel calibration on
@@ -71,7 +71,7 @@ struct Table {
 }
 
 struct Round {
-    parts: Vec<Option<Contribution>>,
+    parts: Vec<Option<Payload>>,
     /// Ranks that have not read the result yet.
     unread: usize,
 }
@@ -100,7 +100,7 @@ impl ThreadGroup {
     }
 
     /// One collective: contribute `part`, wait for every rank's, combine them in rank order.
-    fn all_reduce(&self, part: Contribution) -> Result<Contribution> {
+    fn all_reduce(&self, part: Payload) -> Result<Outcome> {
         let mut progress = lock(&self.progress);
         if let Some(why) = &progress.broken {
             return Err(Error::Sync(format!("the group is broken by an earlier failure: {why}")));
@@ -120,7 +120,7 @@ impl ThreadGroup {
 }
 
 impl Shared {
-    fn run(&self, rank: usize, seq: u64, part: Contribution) -> Result<Contribution> {
+    fn run(&self, rank: usize, seq: u64, part: Payload) -> Result<Outcome> {
         let deadline = Instant::now() + self.timeout;
         let mut table = lock(&self.table);
         let world = self.world;
@@ -159,8 +159,8 @@ impl Shared {
             table = self.changed.wait_timeout(table, deadline - now).map_or_else(|e| e.into_inner().0, |(t, _)| t);
         }
         let round = table.rounds.get_mut(&seq).ok_or_else(|| Error::Sync(format!("collective #{seq} vanished")))?;
-        let parts: Vec<&Contribution> = round.parts.iter().flatten().collect();
-        let result = reduce_in_rank_order(seq, &parts);
+        let parts: Vec<&Payload> = round.parts.iter().flatten().collect();
+        let result = reduce_in_rank_order(seq, &parts, rank);
         round.unread -= 1;
         if round.unread == 0 {
             table.rounds.remove(&seq);
@@ -200,10 +200,15 @@ impl ProcessGroup for ThreadGroup {
     }
 
     fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> Result<()> {
-        self.all_reduce(Contribution::F32(op, data.to_vec()))?.write_f32(data)
+        self.all_reduce(Payload::Array(Array::F32(op, data.to_vec())))?.into_array()?.write_f32(data)
     }
 
     fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> Result<()> {
-        self.all_reduce(Contribution::U64(op, data.to_vec()))?.write_u64(data)
+        self.all_reduce(Payload::Array(Array::U64(op, data.to_vec())))?.into_array()?.write_u64(data)
+    }
+
+    /// One collective for the whole bucket.
+    fn all_reduce_bucket(&self, parts: &[Contribution]) -> Result<Vec<Reduced>> {
+        self.all_reduce(Payload::Bucket(parts.to_vec()))?.into_bucket()
     }
 }

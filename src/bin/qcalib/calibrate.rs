@@ -115,7 +115,7 @@ fn observe(
 
 /// Observes the tensors of a `.safetensors` batch, each with the observer of its name (a new
 /// name gets a new observer); `at` puts the file in front of an error.
-pub fn observe_named(
+fn observe_named(
     named: &mut BTreeMap<String, Box<dyn Observer>>,
     tensors: Vec<(&str, TensorView<'_>)>,
     new_observer: &impl Fn() -> Result<Box<dyn Observer>, String>,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use qcalib::io::Tensors;
 use qcalib::sync::{NcclGroup, ProcessGroup, ReduceOp, Rendezvous};
-use qcalib::{Device, Error, Observer, ObserverSpec, TensorView};
+use qcalib::{Device, Error, Input, Observer, ObserverSpec, TensorView, observe_all, qparams_all};
 
 use crate::CalibrateArgs;
 use crate::report::Report;
@@ -85,34 +85,38 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
         });
         ranks.agree(step, "read its batch", layout)?;
 
-        // Observe (a rank without a file observes nothing, together with the others).
-        let observed = (|| -> Result<(), String> {
-            match batch? {
+        // Observe every tensor (a rank without a file observes nothing, together with the
+        // others): the KL observers of --sync-histograms in two collectives for all tensors.
+        let observed = batch.and_then(|batch| {
+            let tensors: Vec<(&str, TensorView<'_>)> = match batch {
                 Some(Tensors::Single(t)) => {
-                    let obs = match &mut single {
-                        Some(o) => o,
-                        None => single.insert(new_observer()?),
-                    };
-                    obs.observe_tensor(&t).map_err(|e| at(e.to_string()))
+                    if single.is_none() {
+                        single = Some(new_observer()?);
+                    }
+                    vec![("", t)]
                 }
                 Some(Tensors::Named(tensors)) => {
-                    crate::calibrate::observe_named(&mut named, tensors, &new_observer, &at)
-                }
-                None => {
-                    let nothing = TensorView::from(&[] as &[f32]);
-                    for obs in single.iter_mut().chain(named.values_mut()) {
-                        obs.observe_tensor(&nothing).map_err(|e| e.to_string())?;
+                    for (name, _) in &tensors {
+                        if !named.contains_key(*name) {
+                            named.insert(name.to_string(), new_observer()?);
+                        }
                     }
-                    Ok(())
+                    tensors
                 }
-            }
-        })();
+                None => Vec::new(),
+            };
+            observe_step(&mut single, &mut named, &tensors, &at)
+        });
         ranks.agree(step, "observe its batch", observed.map(|()| 0))?;
 
-        // The qparams after every batch: the statistics become the ranks' common ones.
-        let observers = single.iter_mut().map(|o| (None, o)).chain(named.iter_mut().map(|(n, o)| (Some(n), o)));
-        for (name, obs) in observers {
-            match obs.qparams() {
+        // The qparams after every batch: the statistics become the ranks' common ones, for all
+        // tensors in two collectives.
+        let names: Vec<Option<String>> = single.iter().map(|_| None).chain(named.keys().cloned().map(Some)).collect();
+        let mut observers: Vec<&mut dyn Observer> =
+            single.iter_mut().chain(named.values_mut()).map(|o| o.as_mut()).collect();
+        let outcomes = qparams_all(&mut observers).map_err(|e| e.to_string())?;
+        for (name, outcome) in names.into_iter().zip(outcomes) {
+            match outcome {
                 Ok(_) | Err(Error::NoStatistics(_)) => {}
                 Err(e) => {
                     return Err(match name {
@@ -125,6 +129,37 @@ pub fn run(args: &CalibrateArgs, spec: &ObserverSpec, rv: &Rendezvous) -> Result
     }
 
     Report::of(single, named)
+}
+
+/// Observes one step's tensors (`.npy`: the one tensor, named `""`) with their observers, every
+/// observer taking part (an empty tensor where this rank has none), in one call so that the
+/// synchronised observers share their collectives.
+fn observe_step(
+    single: &mut Option<Box<dyn Observer>>,
+    named: &mut BTreeMap<String, Box<dyn Observer>>,
+    tensors: &[(&str, TensorView<'_>)],
+    at: &impl Fn(String) -> String,
+) -> Result<(), String> {
+    let by_name: BTreeMap<&str, &TensorView<'_>> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let nothing: &[f32] = &[];
+    let names: Vec<Option<String>> = single.iter().map(|_| None).chain(named.keys().cloned().map(Some)).collect();
+    let inputs: Vec<Input<'_>> = names
+        .iter()
+        .map(|name| match by_name.get(name.as_deref().unwrap_or("")) {
+            Some(t) => Input::Host((*t).clone()),
+            None => Input::Host(TensorView::from(nothing)),
+        })
+        .collect();
+    let mut observers: Vec<&mut dyn Observer> =
+        single.iter_mut().chain(named.values_mut()).map(|o| o.as_mut()).collect();
+    let outcomes = observe_all(&mut observers, &inputs).map_err(|e| e.to_string())?;
+    for (name, outcome) in names.iter().zip(outcomes) {
+        outcome.map_err(|e| match name {
+            Some(n) => at(format!("tensor {n:?}: {e}")),
+            None => at(e.to_string()),
+        })?;
+    }
+    Ok(())
 }
 
 /// The device of this rank: `--device cuda` (or `cuda:0`) means `cuda:LOCAL_RANK`, torchrun's
