@@ -28,10 +28,33 @@ struct Run {
 }
 
 /// Runs qcalib with `args` (stdout discarded) and measures the child alone (`wait4`).
-#[allow(clippy::zombie_processes, reason = "the child is reaped by wait4, which also gives its resource usage")]
 fn run(args: &[&str]) -> Run {
+    run_command(Command::new(BIN).args(args))
+}
+
+/// [`run`] with the child's address space limited to 2 GiB, for inputs that could make a broken
+/// qcalib take all the machine's memory.
+fn run_limited(args: &[&str]) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(BIN);
+    command.args(args);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 2 << 30, rlim_max: 2 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    run_command(&mut command)
+}
+
+#[allow(clippy::zombie_processes, reason = "the child is reaped by wait4, which also gives its resource usage")]
+fn run_command(command: &mut Command) -> Run {
     let start = Instant::now();
-    let child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let mut stderr = child.stderr.unwrap();
     let mut text = String::new();
@@ -107,6 +130,38 @@ fn fifos_sockets_and_directories_are_refused_by_what_they_are() {
     let link = dir.join("link.npy");
     std::os::unix::fs::symlink(&fifo, &link).unwrap();
     refused(&link, "is a FIFO");
+}
+
+#[test]
+fn a_state_file_that_is_a_device_a_fifo_or_a_directory_is_refused_at_once() {
+    // `--state` on /dev/zero read until memory ran out; on a FIFO it waited for a writer forever.
+    let dir = scratch("state");
+    let batch = dir.join("b.npy");
+    let mut bytes = npy_prefix("(2,)", None);
+    bytes.extend([1.0f32, -2.0].iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(&batch, bytes).unwrap();
+    let zero = dir.join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let fifo = dir.join("pipe.json");
+    let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Should a run open the FIFO, a writer comes after 8 s, so that the test fails rather than hangs.
+    let unblock = fifo.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(8));
+        let _ = std::fs::OpenOptions::new().write(true).open(unblock);
+    });
+    let directory = dir.join("dir.json");
+    std::fs::create_dir(&directory).unwrap();
+    for state in [&zero, &fifo, &directory] {
+        let state = state.to_str().unwrap();
+        let r = run_limited(&["calibrate", "--observer", "min-max", "--state", state, batch.to_str().unwrap()]);
+        assert_eq!(r.code, Some(1), "{state:?}: {}", r.stderr);
+        assert!(r.stderr.contains("not a regular file"), "{state:?}: {}", r.stderr);
+        assert!(r.took < Duration::from_secs(5), "{state:?}: took {:?}", r.took);
+        assert!(r.peak_rss_bytes < 300 << 20, "{state:?}: peak {} MB", r.peak_rss_bytes >> 20);
+    }
 }
 
 #[test]

@@ -151,6 +151,38 @@ fn a_held_state_fails_at_once_naming_the_holder_and_changes_nothing() {
 }
 
 #[test]
+fn a_state_reached_through_a_link_shares_its_lock_and_stays_a_link() {
+    // Through a symbolic link a second run took another lock (`.link.json.lock`), resumed from
+    // the first run's partial state and replaced the link with a file: a mix of two runs.
+    let dir = scratch("link");
+    let files = batches(&dir, 2, 1 << 12);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let (real, link) = (dir.join("sub").join("calib.json"), dir.join("link.json"));
+    std::os::unix::fs::symlink("sub/calib.json", &link).unwrap();
+    // The first run writes the state through the link (which leads nowhere yet).
+    let o = run(MIN_MAX, &link, &files[..1]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert_eq!(read_state(&real)["files_observed"], 1);
+    let before = std::fs::read(&real).unwrap();
+    // A run on the file itself holds the lock: a run through the link fails at once.
+    let lock_path = dir.join("sub").join(".calib.json.lock");
+    let lock = File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    std::fs::write(&lock_path, "4242\n").unwrap();
+    let o = run(MIN_MAX, &link, &files[1..]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in use by another qcalib process (pid 4242)"), "{err}");
+    assert_eq!(std::fs::read(&real).unwrap(), before, "the state changed");
+    drop(lock);
+    let o = run(MIN_MAX, &link, &files[1..]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_state(&real)["files_observed"], 2);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+}
+
+#[test]
 fn temporaries_of_killed_runs_are_ignored_and_removed() {
     let dir = scratch("stale");
     let files = batches(&dir, 3, 1 << 12);

@@ -352,6 +352,10 @@ mod files {
         refused("v2-huge-header.npy", &v2, "truncated");
         refused("version9.npy", b"\x93NUMPY\x09\x00\x00\x00", "version 9");
         refused("extra-bytes.npy", &npy(&h("(1,)"), &[0; 8]), "holds 8 bytes");
+        // numpy reads a comment after the dict (it evaluates the header) but never writes one:
+        // the message must not say that numpy would not read it.
+        let commented = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), } # x\n";
+        refused("comment.npy", &npy(commented, &[0; 4]), "is not one numpy writes: text after the closing");
         // A directory named like a batch.
         let dir = scratch("x.npy", b"").with_file_name("dir.npy");
         std::fs::create_dir_all(&dir).unwrap();

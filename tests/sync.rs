@@ -689,6 +689,38 @@ fn non_finite_values_from_a_peer_are_refused_naming_it() {
 }
 
 #[test]
+fn a_peer_whose_histogram_does_not_count_its_batch_is_refused() {
+    // A peer that said its batch held 100 values and sent a histogram of 2^40 counts changed
+    // every rank's KL scale, exit 0.
+    let bins = KlConfig::default().bins;
+    for (claimed, counts) in [(100u64, 1u64 << 40), (100, 99), (0, 1)] {
+        let e = against(
+            |g| {
+                let mut obs = KlObserver::new(kl_config(1, true)).unwrap();
+                obs.set_process_group(Arc::new(g));
+                let e = obs.observe(&random_values(100, 1)).unwrap_err().to_string();
+                assert_eq!(obs.window(), &qcalib::observer::KlWindow::default(), "the state is unchanged");
+                e
+            },
+            |g| {
+                let header = Contribution {
+                    maxs: vec![0.5],
+                    checks: vec![bins as u64, 1, 0, 0],
+                    gathered: vec![claimed, 0, 0],
+                    ..Default::default()
+                };
+                let _ = g.all_reduce_bucket(&[header]);
+                let mut sums = vec![0u64; bins];
+                sums[0] = counts;
+                let _ = g.all_reduce_bucket(&[Contribution { sums, gathered: vec![0], ..Default::default() }]);
+            },
+        );
+        let held = format!("hold {}", 100 + claimed);
+        assert!(e.contains("the summed histograms count") && e.contains(&held), "{claimed} {counts}: {e}");
+    }
+}
+
+#[test]
 fn a_peer_writing_junk_into_the_store_is_named_and_costs_nothing() {
     for junk_len in [7usize, 1 << 20] {
         let port = free_port();
@@ -716,6 +748,34 @@ fn a_peer_writing_junk_into_the_store_is_named_and_costs_nothing() {
         };
         assert!(e.contains(expected), "{e}");
     }
+}
+
+#[test]
+fn rank_0_does_not_linger_for_a_rank_it_saw_leave() {
+    // Rank 0 named the rank whose heartbeat stopped, then waited for it once more (another 6 s
+    // of heartbeat watching) before its store could close.
+    let port = free_port();
+    std::thread::scope(|s| {
+        let zero = s.spawn(move || {
+            let g = rendezvous(0, 2, port, Duration::from_secs(60)).connect().unwrap();
+            let e = g.all_reduce_u64(&mut [1, 2], ReduceOp::Sum).unwrap_err().to_string();
+            assert!(e.contains("rank 1 left"), "{e}");
+            let start = Instant::now();
+            drop(g);
+            start.elapsed()
+        });
+        // Rank 1 joins by the book, beats twice, and is gone.
+        let store = qcalib::sync::TcpStore::connect(&format!("127.0.0.1:{port}"), PATIENT).unwrap();
+        store.add("qcalib/runs/1", 0).unwrap();
+        store.add("qcalib/0/claim/1", 1).unwrap();
+        store.add("qcalib/0/alive/1", 1).unwrap();
+        store.set("qcalib/0/join/1", b"2").unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        store.add("qcalib/0/alive/1", 1).unwrap();
+        drop(store);
+        let dropping = zero.join().unwrap();
+        assert!(dropping < Duration::from_secs(3), "rank 0 waited {dropping:?} for a rank it knew was gone");
+    });
 }
 
 #[test]

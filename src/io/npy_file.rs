@@ -46,7 +46,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Stored, String> {
             "the .npy header holds {chars} characters, more than the {NUMPY_MAX_HEADER} numpy reads by default"
         ));
     }
-    let h = npy_header::parse(&text, major < 3).map_err(|e| format!("the .npy header is not one numpy reads: {e}"))?;
+    let h = npy_header::parse(&text, major < 3).map_err(|e| format!("the .npy header is not one numpy writes: {e}"))?;
     let dtype = match h.descr.as_str() {
         "<f4" | "=f4" => ElementType::F32,
         "<f2" | "=f2" | "|f2" => ElementType::F16,

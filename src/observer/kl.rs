@@ -278,10 +278,11 @@ enum KlStage {
     Header,
     /// The histograms on `bins` bins up to `hi` were asked for; `window` is the window with the
     /// new range and this batch's zeros, waiting for the summed histogram; `mine` this rank's
-    /// histogram outcome.
+    /// histogram outcome; `numel` the ranks' elements, which the summed histogram must count.
     Histogram {
         window: KlWindow,
         mine: Result<()>,
+        numel: usize,
     },
     Done,
 }
@@ -404,10 +405,10 @@ impl SyncTask for SyncedObserve<'_, '_> {
                     Ok(h) => (h.clone(), 0),
                     Err(_) => (vec![0; bins], 1),
                 };
-                self.stage = KlStage::Histogram { window, mine: mine.map(|_| ()) };
+                self.stage = KlStage::Histogram { window, mine: mine.map(|_| ()), numel };
                 Ok(Some(Contribution { sums, gathered: vec![failed], ..Default::default() }))
             }
-            (KlStage::Histogram { mut window, mine }, Some(summed)) => {
+            (KlStage::Histogram { mut window, mine, numel }, Some(summed)) => {
                 let failed: Vec<usize> =
                     summed.gathered.iter().enumerate().filter(|(_, g)| g.first() != Some(&0)).map(|(r, _)| r).collect();
                 mine?;
@@ -420,6 +421,15 @@ impl SyncTask for SyncedObserve<'_, '_> {
                 }
                 if summed.sums.len() != window.hist.len() {
                     return Err(Error::Sync("the summed histogram has another length".into()));
+                }
+                // Every element of every rank's batch falls in one bin.
+                let counted = summed.sums.iter().try_fold(0u64, |acc, &s| acc.checked_add(s));
+                if counted != Some(numel as u64) {
+                    let counted = counted.map_or_else(|| "more than 2^64".to_string(), |c| c.to_string());
+                    return Err(Error::Sync(format!(
+                        "the summed histograms count {counted} values where the ranks' batches hold {numel}: a rank \
+                         sent a histogram that does not match its batch; the KL state is unchanged on every rank"
+                    )));
                 }
                 for (h, s) in window.hist.iter_mut().zip(summed.sums) {
                     *h = h.checked_add(s).ok_or_else(|| Error::TooLarge("a histogram count overflows u64".into()))?;

@@ -569,11 +569,14 @@ pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// `ranks` as people read them: `rank 2` or `ranks 1, 3`.
+/// `ranks` as people read them: `rank 2` or `ranks 1, 3`; beyond 16 ranks, the first 16 and
+/// how many more (a world of 65536 ranks would otherwise make a message of 400 KB).
 pub(crate) fn name_ranks(ranks: &[usize]) -> String {
-    let list: Vec<String> = ranks.iter().map(usize::to_string).collect();
+    const LISTED: usize = 16;
+    let list: Vec<String> = ranks.iter().take(LISTED).map(usize::to_string).collect();
     match ranks.len() {
         1 => format!("rank {}", list[0]),
+        n if n > LISTED => format!("{n} ranks ({}, and {} more)", list.join(", "), n - LISTED),
         _ => format!("ranks {}", list.join(", ")),
     }
 }
@@ -666,5 +669,10 @@ mod tests {
     fn names_ranks() {
         assert_eq!(name_ranks(&[2]), "rank 2");
         assert_eq!(name_ranks(&[1, 3]), "ranks 1, 3");
+        let many: Vec<usize> = (1..65536).collect();
+        assert_eq!(
+            name_ranks(&many),
+            "65535 ranks (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, and 65519 more)"
+        );
     }
 }

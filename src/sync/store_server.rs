@@ -15,11 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::limits::{
-    DEFAULT_STORE_BYTES, HANDSHAKE_DEADLINE, MAX_CONNECTIONS, MAX_PENDING_CONNECTIONS, STORE_BYTES_VAR,
+    DEFAULT_STORE_BYTES, HANDSHAKE_DEADLINE, MAX_CONNECTIONS, MAX_PENDING_CONNECTIONS, MAX_VALUE_LEN, STORE_BYTES_VAR,
 };
-use super::protocol::{
-    Message, NOT_READY, READY, Request, STOP_WAITING, VALIDATION_MAGIC, WAIT_CANCELED, query, read_array,
-};
+use super::protocol::{NOT_READY, READY, Request, STOP_WAITING, VALIDATION_MAGIC, WAIT_CANCELED, query, read_array};
 use crate::error::{Error, Result};
 
 /// How often the accepting thread looks for a stop request.
@@ -42,9 +40,10 @@ const THREAD_STACK: usize = 256 * 1024;
 /// enforces: a new connection must send the validation handshake within 5 s
 /// ([`HANDSHAKE_DEADLINE`](super::limits::HANDSHAKE_DEADLINE)) and reads nothing else before it;
 /// at most 32 connections wait for their handshake and 1024 are served; keys are at most 8 KiB,
-/// values 8 MiB, requests name at most 131072 keys; keys and values held, together with the
-/// requests being read, stay under `QCALIB_STORE_MAX_BYTES` (1 GiB by default). A connection
-/// that breaks a limit is closed.
+/// values 8 MiB (also those that `APPEND` makes), requests name at most 131072 keys; the keys
+/// and values held, with the keys of the waits in progress, stay under `QCALIB_STORE_MAX_BYTES`
+/// (1 GiB by default), and so do the requests being read together with the answers being sent.
+/// A connection that breaks a limit is closed.
 ///
 /// ```
 /// use std::time::Duration;
@@ -71,9 +70,9 @@ struct Shared {
     pending: AtomicUsize,
     /// Validated connections.
     served: AtomicUsize,
-    /// Bytes of requests being read (not yet in the table).
+    /// Bytes of requests being read (not yet in the table) and of answers being sent.
     reading: AtomicUsize,
-    /// The most bytes the table and the requests being read may hold, each.
+    /// The most bytes the table and the requests being read (with the answers) may hold, each.
     capacity: usize,
     /// Every open connection, to close them when the server stops.
     streams: Mutex<HashMap<u64, TcpStream>>,
@@ -83,12 +82,13 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Table {
     values: HashMap<Vec<u8>, Vec<u8>>,
-    /// What `values` costs against the capacity.
+    /// What `values` and the keys of the waits in progress cost against the capacity.
     bytes: usize,
     /// The connections waiting for each missing key.
     waiting: HashMap<Vec<u8>, Vec<u64>>,
-    /// Each waiting connection: how many of its keys are still missing.
-    awaited: HashMap<u64, (usize, Arc<Conn>)>,
+    /// Each waiting connection: how many of its keys are still missing, and what its keys cost
+    /// (counted in `bytes` until the wait ends).
+    awaited: HashMap<u64, (usize, Arc<Conn>, usize)>,
 }
 
 /// The writing side of a connection.
@@ -103,7 +103,12 @@ struct Conn {
 impl StoreServer {
     /// Serves a store on `addr` (port 0: a free port; see [`StoreServer::local_addr`]).
     pub fn serve(addr: SocketAddr) -> Result<StoreServer> {
-        let capacity = store_capacity()?;
+        Self::serve_with_capacity(addr, store_capacity()?)
+    }
+
+    /// [`StoreServer::serve`] holding at most `capacity` bytes (instead of
+    /// `QCALIB_STORE_MAX_BYTES`).
+    pub(crate) fn serve_with_capacity(addr: SocketAddr, capacity: usize) -> Result<StoreServer> {
         let listener = TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| Error::Sync(format!("could not serve a store on {addr}: {e}")))?;
@@ -292,21 +297,24 @@ impl Shared {
                     // PyTorch's libuv semantics: a missing key is set when `expected` is empty
                     // (and `expected` answered otherwise); a present key is replaced when it
                     // equals `expected`; the answer is the value now stored.
-                    match table.values.get(&key).cloned() {
-                        None if expected.is_empty() => (desired.clone(), self.store(&mut table, key, desired)?),
-                        None => (expected, table.woken_by(&key)),
-                        Some(current) if current == expected => {
-                            (desired.clone(), self.store(&mut table, key, desired)?)
-                        }
-                        Some(current) => (current, table.woken_by(&key)),
-                    }
+                    let (answer, replace) = match table.values.get(&key) {
+                        None if expected.is_empty() => (self.answer(&[&desired])?, true),
+                        None => (self.answer(&[&expected])?, false),
+                        Some(current) if *current == expected => (self.answer(&[&desired])?, true),
+                        Some(current) => (self.answer(&[current])?, false),
+                    };
+                    let woken = if replace { self.store(&mut table, key, desired)? } else { table.woken_by(&key) };
+                    (answer, woken)
                 };
                 self.wake(woken)?;
-                conn.send(&Message::default().bytes(&answer).0)
+                conn.send(&answer.bytes)
             }
             Request::Get(key) => {
-                let value = lock(&self.table).values.get(&key).cloned().unwrap_or_default();
-                conn.send(&Message::default().bytes(&value).0)
+                let answer = {
+                    let table = lock(&self.table);
+                    self.answer(&[table.values.get(&key).map_or(&[][..], Vec::as_slice)])?
+                };
+                conn.send(&answer.bytes)
             }
             Request::Add(key, delta) => {
                 let (sum, woken) = {
@@ -340,7 +348,14 @@ impl Shared {
                     drop(table);
                     return conn.send(&[STOP_WAITING]);
                 }
-                table.awaited.insert(conn.id, (missing.len(), conn.clone()));
+                // The keys stay in the table until the wait ends: they count against its capacity.
+                let keys_cost = missing.iter().map(|k| k.len() + ENTRY_OVERHEAD).sum::<usize>();
+                let bytes = table.bytes.saturating_add(keys_cost);
+                if bytes > self.capacity {
+                    return Err(full("the store is full (keys waited for)"));
+                }
+                table.bytes = bytes;
+                table.awaited.insert(conn.id, (missing.len(), conn.clone(), keys_cost));
                 for k in missing {
                     table.waiting.entry(k).or_default().push(conn.id);
                 }
@@ -366,6 +381,13 @@ impl Shared {
             Request::Append(key, value) => {
                 let woken = {
                     let mut table = lock(&self.table);
+                    let old = table.values.get(&key).map_or(0, Vec::len);
+                    if old.saturating_add(value.len()) > MAX_VALUE_LEN {
+                        return Err(io::Error::new(
+                            ErrorKind::InvalidData,
+                            format!("an APPEND beyond the largest value ({MAX_VALUE_LEN} bytes)"),
+                        ));
+                    }
                     let mut joined = table.values.get(&key).cloned().unwrap_or_default();
                     joined.extend(value);
                     self.store(&mut table, key, joined)?
@@ -375,13 +397,11 @@ impl Shared {
             Request::MultiGet(keys) => {
                 let answer = {
                     let table = lock(&self.table);
-                    let mut m = Message::default();
-                    for k in &keys {
-                        m = m.bytes(table.values.get(k).map_or(&[][..], Vec::as_slice));
-                    }
-                    m
+                    let values: Vec<&[u8]> =
+                        keys.iter().map(|k| table.values.get(k).map_or(&[][..], Vec::as_slice)).collect();
+                    self.answer(&values)?
                 };
-                conn.send(&answer.0)
+                conn.send(&answer.bytes)
             }
             Request::MultiSet(pairs) => {
                 let mut woken = Vec::new();
@@ -439,6 +459,34 @@ impl Shared {
     fn forget_waits(&self, id: u64) {
         lock(&self.table).cancel(id);
     }
+
+    /// The answer made of `values` (each as its length and its bytes), counted with the
+    /// requests being read before anything is allocated for it: a peer that asks for the same
+    /// large value many times, or does not read its answers, cannot take more than the capacity.
+    fn answer(&self, values: &[&[u8]]) -> io::Result<Answer<'_>> {
+        let len = values.iter().fold(0usize, |n, v| n.saturating_add(8).saturating_add(v.len()));
+        self.charge_reading(len)?;
+        let mut answer = Answer { shared: self, charged: len, bytes: Vec::new() };
+        answer.bytes.try_reserve_exact(len).map_err(|_| full("cannot allocate an answer"))?;
+        for v in values {
+            answer.bytes.extend((v.len() as u64).to_le_bytes());
+            answer.bytes.extend_from_slice(v);
+        }
+        Ok(answer)
+    }
+}
+
+/// An answer of stored values, counted against the store's capacity until it is dropped (sent).
+struct Answer<'a> {
+    shared: &'a Shared,
+    charged: usize,
+    bytes: Vec<u8>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        self.shared.reading.fetch_sub(self.charged, Ordering::SeqCst);
+    }
 }
 
 impl Table {
@@ -446,11 +494,12 @@ impl Table {
     fn woken_by(&mut self, key: &[u8]) -> Vec<Arc<Conn>> {
         let mut woken = Vec::new();
         for id in self.waiting.remove(key).unwrap_or_default() {
-            if let Some((left, _)) = self.awaited.get_mut(&id) {
+            if let Some((left, _, _)) = self.awaited.get_mut(&id) {
                 *left -= 1;
                 if *left == 0
-                    && let Some((_, conn)) = self.awaited.remove(&id)
+                    && let Some((_, conn, keys_cost)) = self.awaited.remove(&id)
                 {
+                    self.bytes -= keys_cost;
                     conn.wake_owed.store(true, Ordering::SeqCst);
                     woken.push(conn);
                 }
@@ -461,7 +510,8 @@ impl Table {
 
     /// Drops the pending wait of connection `id`, if any.
     fn cancel(&mut self, id: u64) {
-        if self.awaited.remove(&id).is_some() {
+        if let Some((_, _, keys_cost)) = self.awaited.remove(&id) {
+            self.bytes -= keys_cost;
             self.waiting.retain(|_, ids| {
                 ids.retain(|&i| i != id);
                 !ids.is_empty()
@@ -493,4 +543,93 @@ fn parse_i64(v: &[u8]) -> io::Result<i64> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "ADD on a value that is not a number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::protocol::Message;
+
+    /// A validated raw connection to `server`.
+    fn connect(server: &StoreServer) -> TcpStream {
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&Message::query(query::VALIDATE).u32(VALIDATION_MAGIC).0).unwrap();
+        s
+    }
+
+    /// Whether the server closed `s` (rather than answering, or keeping it open).
+    fn closed(s: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        }
+    }
+
+    fn ping(s: &mut TcpStream) {
+        s.write_all(&Message::query(query::PING).u32(7).0).unwrap();
+        assert_eq!(read_array::<4>(s).unwrap(), 7u32.to_le_bytes());
+    }
+
+    #[test]
+    fn answers_count_against_the_capacity_before_they_are_allocated() {
+        // A peer that asked for one stored value many times in one MULTI_GET made the store
+        // allocate the whole answer (131072 times 8 MiB): an abort, or all the machine's memory.
+        let server = StoreServer::serve_with_capacity("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let mut a = connect(&server);
+        a.write_all(&Message::query(query::SET).bytes(b"/k").bytes(&[7; 256 * 1024]).0).unwrap();
+        ping(&mut a);
+        let keys = vec![b"/k".to_vec(); 8]; // 2 MiB of answer
+        a.write_all(&Message::query(query::MULTI_GET).keys(&keys).0).unwrap();
+        assert!(closed(&mut a), "an answer beyond the capacity is refused");
+        let mut b = connect(&server);
+        let two = vec![b"/k".to_vec(); 2];
+        b.write_all(&Message::query(query::MULTI_GET).keys(&two).0).unwrap();
+        let mut answer = vec![0u8; 2 * (8 + 256 * 1024)];
+        b.read_exact(&mut answer).unwrap();
+        assert!(answer[8..8 + 256 * 1024].iter().all(|&x| x == 7));
+        b.write_all(&Message::query(query::GET).bytes(b"/k").0).unwrap();
+        assert_eq!(read_array::<8>(&mut b).unwrap(), (256u64 * 1024).to_le_bytes());
+    }
+
+    #[test]
+    fn the_keys_of_pending_waits_count_against_the_capacity() {
+        // Each connection could hold a WAIT of up to 1 GiB of keys, none of it counted.
+        let server = StoreServer::serve_with_capacity("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let keys = |c: u8| -> Vec<Vec<u8>> { (0..80u8).map(|i| [c, i].repeat(4096)).collect() }; // 640 KiB
+        let mut first = connect(&server);
+        first.write_all(&Message::query(query::WAIT).keys(&keys(1)).0).unwrap();
+        ping(&mut first); // the wait is registered
+        let mut second = connect(&server);
+        second.write_all(&Message::query(query::WAIT).keys(&keys(2)).0).unwrap();
+        assert!(closed(&mut second), "a second 640 KiB wait does not fit in 1 MiB");
+        // The first wait ends (cancelled): its keys are no longer counted.
+        first.write_all(&Message::query(query::CANCEL_WAIT).0).unwrap();
+        assert_eq!(read_array::<1>(&mut first).unwrap(), [WAIT_CANCELED]);
+        let mut third = connect(&server);
+        let same = vec![vec![3u8; 8192]; 80]; // one key, 80 times: 640 KiB waited for
+        third.write_all(&Message::query(query::WAIT).keys(&same).0).unwrap();
+        ping(&mut third);
+        // The third wait ends (its key is set): its keys are no longer counted either.
+        first.write_all(&Message::query(query::SET).bytes(&same[0]).bytes(b"").0).unwrap();
+        assert_eq!(read_array::<1>(&mut third).unwrap(), [STOP_WAITING]);
+        let mut fourth = connect(&server);
+        fourth.write_all(&Message::query(query::WAIT).keys(&keys(4)).0).unwrap();
+        ping(&mut fourth);
+    }
+
+    #[test]
+    fn append_makes_no_value_beyond_the_largest() {
+        let server = StoreServer::serve_with_capacity("127.0.0.1:0".parse().unwrap(), 64 << 20).unwrap();
+        let mut s = connect(&server);
+        let half = vec![1u8; MAX_VALUE_LEN / 2 + 1];
+        s.write_all(&Message::query(query::APPEND).bytes(b"/k").bytes(&half).0).unwrap();
+        ping(&mut s);
+        s.write_all(&Message::query(query::APPEND).bytes(b"/k").bytes(&half).0).unwrap();
+        assert!(closed(&mut s));
+        let mut t = connect(&server);
+        t.write_all(&Message::query(query::GET).bytes(b"/k").0).unwrap();
+        assert_eq!(read_array::<8>(&mut t).unwrap(), (half.len() as u64).to_le_bytes());
+    }
 }

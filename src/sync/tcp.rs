@@ -79,6 +79,8 @@ pub struct TcpGroup {
     /// `qcalib/{run}/`.
     ns: String,
     progress: Mutex<Progress>,
+    /// The ranks whose heartbeat was seen to stop: their process is gone.
+    gone: Mutex<Vec<usize>>,
     heartbeat: Option<Heartbeat>,
     /// Rank 0's store; dropped last.
     server: Option<StoreServer>,
@@ -170,6 +172,7 @@ impl TcpGroup {
             store,
             ns,
             progress: Mutex::new(Progress::default()),
+            gone: Mutex::new(Vec::new()),
             heartbeat: Some(heartbeat),
             server,
         };
@@ -215,10 +218,11 @@ impl TcpGroup {
         Ok(())
     }
 
-    /// The other ranks that have come (set their join key).
+    /// The other ranks that have come (set their join key), less those known to be gone.
     fn ranks_that_came(&self) -> Result<Vec<usize>> {
+        let gone = self.gone.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut came = Vec::new();
-        for r in (0..self.world).filter(|&r| r != self.rank) {
+        for r in (0..self.world).filter(|&r| r != self.rank && !gone.contains(&r)) {
             if self.store.check(&[&self.key(&format!("join/{r}"))])? {
                 came.push(r);
             }
@@ -267,6 +271,7 @@ impl TcpGroup {
             for &r in &ranks {
                 let beats = self.store.add(&self.key(&format!("alive/{r}")), 0).map_err(WaitFailure::Store)?;
                 if watch.stopped(r, beats, now) {
+                    self.gone.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                     return Err(WaitFailure::Lost(r));
                 }
             }

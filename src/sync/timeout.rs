@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// The environment variable that sets the timeout of every wait across ranks, in seconds
-/// (a decimal number above 0).
+/// (a decimal number above 0 and below 10^9).
 pub const TIMEOUT_VAR: &str = "QCALIB_SYNC_TIMEOUT";
 
 /// The timeout without [`TIMEOUT_VAR`]: long enough for ranks whose batches take different
@@ -26,7 +26,7 @@ pub(crate) fn parse_timeout(var: Option<&str>) -> Result<Duration> {
         .ok()
         .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| Error::config(TIMEOUT_VAR, format!("`{text}` is not a number of seconds above 0")))
+        .ok_or_else(|| Error::config(TIMEOUT_VAR, format!("`{text}` is not a number of seconds above 0 and below 1e9")))
 }
 
 #[cfg(test)]
@@ -37,8 +37,9 @@ mod tests {
     fn parses_seconds() {
         assert_eq!(parse_timeout(None).unwrap(), DEFAULT_TIMEOUT);
         assert_eq!(parse_timeout(Some("2.5")).unwrap(), Duration::from_millis(2500));
-        for bad in ["0", "-1", "soon", "inf", ""] {
-            assert!(parse_timeout(Some(bad)).is_err(), "{bad}");
+        for bad in ["0", "-1", "soon", "inf", "", "1e30"] {
+            let e = parse_timeout(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("above 0 and below 1e9"), "{bad}: {e}");
         }
     }
 }

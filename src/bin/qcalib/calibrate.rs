@@ -12,7 +12,7 @@ use qcalib::sync::Rendezvous;
 
 use crate::CalibrateArgs;
 use crate::report::Report;
-use crate::state_file::{Observers, StateFile, StateLock};
+use crate::state_file::{Observers, StateFile, StateLock, resolve_links};
 use qcalib::TensorView;
 use qcalib::io::{Batch, Tensors};
 
@@ -41,9 +41,10 @@ pub fn run(args: &CalibrateArgs) -> Result<Report, String> {
     // Fail on a bad configuration before reading any file.
     new_observer()?;
 
-    // One process at a time per state file, for the whole run.
-    let _lock = args.state.as_deref().map(StateLock::acquire).transpose()?;
-    let (mut observers, mut files_observed) = match &args.state {
+    // One process at a time per state file, for the whole run (whatever links lead to it).
+    let state = args.state.as_deref().map(resolve_links).transpose()?;
+    let _lock = state.as_deref().map(StateLock::acquire).transpose()?;
+    let (mut observers, mut files_observed) = match &state {
         Some(path) if path.exists() => {
             let saved = StateFile::read(path)?;
             let files_observed = saved.files_observed;
@@ -52,7 +53,7 @@ pub fn run(args: &CalibrateArgs) -> Result<Report, String> {
         _ => (Observers::Empty, 0),
     };
     if args.files.is_empty() && matches!(observers, Observers::Empty) {
-        let state = args.state.as_deref().map_or("".into(), |p| p.display().to_string());
+        let state = state.as_deref().map_or("".into(), |p| p.display().to_string());
         return Err(format!("nothing to calibrate: no FILE given and no saved state in {state:?}"));
     }
 
@@ -64,7 +65,7 @@ pub fn run(args: &CalibrateArgs) -> Result<Report, String> {
         let batch = crate::batch_file::open(path)?;
         observe(&mut observers, &batch, path, &new_observer)?;
         files_observed = files_observed.saturating_add(1);
-        if let Some(state) = &args.state {
+        if let Some(state) = &state {
             StateFile::of(&observers, files_observed, path).write(state)?;
         }
         if let Some(p) = &progress {

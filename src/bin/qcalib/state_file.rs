@@ -159,6 +159,33 @@ impl StateFile {
     }
 }
 
+/// The file that the state path `path` names, its symbolic links followed (also a link to a
+/// state not written yet): every name of one state file then shares its lock, and each write
+/// replaces the file the link leads to, not the link. Anything but a regular file is refused
+/// (a device would be read without end, `/dev/zero`; a FIFO would block the run).
+pub fn resolve_links(path: &Path) -> Result<PathBuf, String> {
+    let not_regular = |at: &Path| std::fs::metadata(at).is_ok_and(|m| !m.is_file());
+    let mut at = path.to_path_buf();
+    // As the kernel's limit on the links followed in one path (ELOOP).
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&at).map_err(|e| format!("state file {}: {e}", path.display()))?;
+                // A relative target is relative to the link's directory.
+                at = at.parent().map_or(target.clone(), |dir| dir.join(&target));
+            }
+            _ if not_regular(&at) => {
+                return Err(format!(
+                    "state file {}: not a regular file (a state file is one that qcalib wrote)",
+                    path.display()
+                ));
+            }
+            _ => return Ok(at),
+        }
+    }
+    Err(format!("state file {}: too many levels of symbolic links", path.display()))
+}
+
 /// The directory of `path` and the name of a hidden file beside it: `.NAME` + `suffix`.
 fn beside(path: &Path, suffix: &str) -> std::io::Result<(PathBuf, PathBuf)> {
     let dir = match path.parent() {
