@@ -540,3 +540,20 @@ fn a_rank_that_fails_under_torchrun_ends_the_job_and_is_named() {
     assert!(text.contains(": 1 (local_rank: 1)") && text.contains("exitcode"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
 }
+
+#[test]
+fn torchrun_prints_the_error_a_rank_wrote_to_its_error_file() {
+    if !have_torch("torchrun_prints_the_error_a_rank_wrote_to_its_error_file") {
+        return;
+    }
+    let dir = scratch("torchrun-error-file");
+    shards(&dir, 2, 1);
+    // Rank 1 names a file that does not exist: qcalib writes its error to TORCHELASTIC_ERROR_FILE
+    // and torchrun shows it in its summary instead of "To enable traceback see: …".
+    let worker = r#"if [ "$RANK" = 1 ]; then f=no-such-batch.npy; else f=shard0/b0.npy; fi; exec "$QCALIB" calibrate --observer min-max --is-sync-quantize --device cpu "$f""#;
+    let o = torchrun(&dir, &["--standalone", "--nproc-per-node", "2"], worker);
+    assert!(!o.status.success());
+    let text = stderr(&o);
+    assert!(text.contains("qcalib: error:") && text.contains("no-such-batch.npy"), "{text}");
+    assert!(!text.contains("To enable traceback see"), "{text}");
+}
