@@ -120,9 +120,14 @@ def run(binary, args, files, device):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         return None, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
-    out = json.loads(p.stdout)
-    out.pop("device", None)
-    return out, None
+    return without_device(json.loads(p.stdout)), None
+
+
+def without_device(report):
+    """`report` without its "device" fields (a .safetensors batch reports per tensor name)."""
+    if isinstance(report, dict):
+        return {k: without_device(v) for k, v in report.items() if k != "device"}
+    return report
 
 
 def main():
