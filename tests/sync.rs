@@ -839,29 +839,16 @@ mod processes {
 
     /// A fresh directory for one test's files.
     fn scratch(test: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("qcalib-sync-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        common::scratch("sync", test)
     }
 
     /// The magic, version, length and header of a `.npy` file of `len` f32 values.
     fn npy_prefix(len: usize) -> Vec<u8> {
-        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({len},), }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        bytes.extend((header.len() as u16).to_le_bytes());
-        bytes.extend(header.as_bytes());
-        bytes
+        common::npy_bytes("<f4", &common::shape_text(&[len]), &[])
     }
 
     fn write_npy(path: &Path, values: &[f32]) {
-        let mut bytes = npy_prefix(values.len());
-        bytes.extend(values.iter().flat_map(|x| x.to_le_bytes()));
-        std::fs::write(path, bytes).unwrap();
+        common::write_npy_f32(path, &[values.len()], values);
     }
 
     /// Starts rank `rank` of `world` with torchrun's variables.
