@@ -125,7 +125,6 @@ impl PercentileConfig {
         if self.bins > MAX_BINS {
             return Err(Error::config("bins", format!("{} is more than {MAX_BINS}", self.bins)));
         }
-        self.quant.require_per_tensor("PercentileObserver")?;
         self.quant.validate()
     }
 }
@@ -170,7 +169,6 @@ impl KlConfig {
         if self.sync_histograms && !self.quant.is_sync_quantize {
             return Err(Error::config("sync_histograms", "needs is_sync_quantize"));
         }
-        self.quant.require_per_tensor("KLObserver")?;
         self.quant.validate()
     }
 }

@@ -123,7 +123,10 @@ fn bad_options_fail_with_a_message() {
         (vec!["--observer", "nope"], "nope"),
         (vec!["--observer", "min-max", "--quant-min", "-5"], "quant_max"),
         (vec!["--observer", "min-max", "--ch-axis", "7", "--qscheme", "per-channel-symmetric"], "ch_axis"),
-        (vec!["--observer", "mix", "--qscheme", "per-channel-symmetric", "--ch-axis", "0"], "per-tensor"),
+        (
+            vec!["--observer", "moving-average-min-max", "--qscheme", "per-channel-symmetric", "--ch-axis", "0"],
+            "per-tensor",
+        ),
     ] {
         let mut all = vec!["calibrate"];
         all.extend(args.iter().copied());

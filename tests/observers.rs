@@ -394,12 +394,13 @@ fn invalid_configurations_are_errors_at_construction() {
     }
     assert!(KlObserver::new(KlConfig { bins: 255, ..Default::default() }).is_err());
     assert!(KlObserver::new(KlConfig { update_interval: 0, ..Default::default() }).is_err());
-    assert!(KlObserver::new(KlConfig { quant: QuantConfig::per_channel(0), ..Default::default() }).is_err());
+    // Per channel (SPEC §8) is valid for KL, Percentile and Mix; not for MovingAverageMinMax.
+    assert!(KlObserver::new(KlConfig { quant: QuantConfig::per_channel(0), ..Default::default() }).is_ok());
     assert!(PercentileObserver::new(PercentileConfig { bins: 0, ..Default::default() }).is_err());
     assert!(PercentileObserver::new(PercentileConfig { percentile: 100.5, ..Default::default() }).is_err());
     assert!(PercentileObserver::new(PercentileConfig { percentile: -1.0, ..Default::default() }).is_err());
     assert!(MseObserver::new(MseConfig { stride: 0, ..Default::default() }).is_err());
-    assert!(MixObserver::new(QuantConfig::per_channel(0)).is_err());
+    assert!(MixObserver::new(QuantConfig::per_channel(0)).is_ok());
     assert!(MovingAverageMinMaxObserver::new(QuantConfig::per_channel(0)).is_err());
     assert!(MovingAveragePerChannelMinMaxObserver::new(QuantConfig::default()).is_err());
     let mut sp = spec(ObserverKind::MinMax);

@@ -11,8 +11,8 @@
 //! Case counts are bounded so that `cargo test` stays fast in debug builds; set
 //! `QCALIB_PROPTEST_CASES=N` to run N cases of each property instead (e.g. in a release build:
 //! `QCALIB_PROPTEST_CASES=5000 cargo test --release --test properties`). So is each case's cost:
-//! a later batch of a generated KL window exceeds the window's first range at most
-//! [`KL_WIDENING_CAP`] times (a widening to many thousand bins makes one KL search, and so one
+//! a later batch of a generated KL window exceeds the window's first range (per channel: the
+//! channel's) at most [`KL_WIDENING_CAP`] times (a widening to many thousand bins makes one KL search, and so one
 //! case, take minutes in a debug build; `tests/robustness.rs` covers the growth limit). The cases
 //! are the same on every run (a fixed seed; `PROPTEST_RNG_SEED=N` picks another).
 
@@ -164,9 +164,9 @@ fn config(ndim: usize) -> impl Strategy<Value = ObserverConfig> {
         |(k, (dtype, averaging_constant, per_channel, ch_axis, narrow), (kl_bins, bins, percentile, ui, stride))| {
             let kind = ObserverKind::ALL[k];
             let per_channel = match kind {
-                ObserverKind::MinMax | ObserverKind::Mse => per_channel,
+                ObserverKind::MovingAverageMinMax => false,
                 ObserverKind::MovingAveragePerChannelMinMax => true,
-                _ => false,
+                _ => per_channel,
             };
             let (lo, hi) = dtype.range();
             let quant = QuantConfig {
@@ -206,29 +206,50 @@ fn case() -> impl Strategy<Value = (ObserverConfig, Vec<ArrayD<f32>>, Vec<Layout
 const KL_WIDENING_CAP: f32 = 2.0;
 
 /// `batches`, with the finite values of every batch that would widen a KL window past
-/// [`KL_WIDENING_CAP`] times its first range clamped to that (other observers: unchanged).
-/// Follows the window as the observer does: a batch with NaN or infinity fails and counts for
-/// nothing, an empty one is ignored, an all-zero start leaves the range open.
+/// [`KL_WIDENING_CAP`] times its first range clamped to that (other observers: unchanged); per
+/// channel, each channel's values against its own window's first range. Follows the windows as
+/// the observer does: a batch with NaN or infinity, or whose channel count changed, fails and
+/// counts for nothing, an empty one is ignored, an all-zero start leaves the range open.
 fn bounded(config: &ObserverConfig, mut batches: Vec<ArrayD<f32>>) -> Vec<ArrayD<f32>> {
     let ObserverConfig::Kl(kl) = config else { return batches };
-    let (mut range, mut step) = (None::<f32>, 0);
+    let (mut ranges, mut step, mut channels) = (Vec::<Option<f32>>::new(), 0, None);
     for batch in &mut batches {
         if batch.is_empty() || batch.iter().any(|v| !v.is_finite()) {
             continue;
         }
-        match range {
+        // Per channel along the axis, or the whole batch as one channel.
+        let axis = kl.quant.channel_axis(batch.ndim()).ok();
+        let Some(axis) = axis else { continue }; // an axis out of range: the batch fails
+        let c = axis.map_or(1, |a| batch.shape()[a]);
+        if channels.is_some_and(|n| n != c) {
+            continue;
+        }
+        channels = Some(c);
+        if ranges.len() != c {
+            ranges = vec![None; c];
+        }
+        let cap_lane = |range: &mut Option<f32>, mut lane: ndarray::ArrayViewMutD<'_, f32>| match *range {
             None => {
-                let amax = batch.iter().fold(0f32, |m, v| m.max(v.abs()));
-                range = (amax > 0.0).then_some(amax);
+                let amax = lane.iter().fold(0f32, |m, v| m.max(v.abs()));
+                *range = (amax > 0.0).then_some(amax);
             }
             Some(r) => {
                 let cap = (r * KL_WIDENING_CAP).min(f32::MAX);
-                batch.mapv_inplace(|v| v.clamp(-cap, cap));
+                lane.mapv_inplace(|v| v.clamp(-cap, cap));
+            }
+        };
+        match axis {
+            None => cap_lane(&mut ranges[0], batch.view_mut()),
+            Some(a) => {
+                for (range, lane) in ranges.iter_mut().zip(batch.axis_iter_mut(ndarray::Axis(a))) {
+                    cap_lane(range, lane);
+                }
             }
         }
         step += 1;
         if step == kl.update_interval {
-            (range, step) = (None, 0);
+            step = 0;
+            ranges.iter_mut().for_each(|r| *r = None);
         }
     }
     batches
@@ -375,9 +396,14 @@ proptest! {
         inner in 140_000usize..300_000,
         seed in any::<u64>(),
         axis_last in any::<bool>(),
+        channel_wise in any::<bool>(),
     ) {
         let kind = ObserverKind::ALL[k];
-        let per_channel = matches!(kind, ObserverKind::MinMax | ObserverKind::Mse | ObserverKind::MovingAveragePerChannelMinMax);
+        let per_channel = match kind {
+            ObserverKind::MovingAverageMinMax => false,
+            ObserverKind::MovingAveragePerChannelMinMax => true,
+            _ => channel_wise,
+        };
         let mut quant = kind.default_config();
         if per_channel {
             quant = QuantConfig::per_channel(if axis_last { -1 } else { 0 });

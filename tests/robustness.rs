@@ -17,7 +17,7 @@ fn every_observer(per_channel: bool) -> Vec<Box<dyn Observer>> {
     ObserverKind::ALL
         .into_iter()
         .map(|kind| {
-            let channel_ok = matches!(kind, ObserverKind::MinMax | ObserverKind::Mse);
+            let channel_ok = kind != ObserverKind::MovingAverageMinMax;
             let quant = if per_channel && channel_ok { QuantConfig::per_channel(0) } else { kind.default_config() };
             let spec = ObserverSpec {
                 kind,
@@ -96,7 +96,7 @@ fn every_invalid_configuration_of_spec_6_names_its_parameter() {
         named(build(ObserverConfig::MinMax(QuantConfig { averaging_constant, ..q.clone() })), "averaging_constant");
     }
     named(build(ObserverConfig::MinMax(QuantConfig { ch_axis: 1, ..q.clone() })), "ch_axis");
-    named(build(ObserverConfig::Mix(QuantConfig::per_channel(0))), "qscheme");
+    named(build(ObserverConfig::MovingAverageMinMax(QuantConfig::per_channel(0))), "qscheme");
     named(build(ObserverConfig::MovingAveragePerChannelMinMax(q.clone())), "qscheme");
     named(
         build(ObserverConfig::MinMax(QuantConfig { quant_min: Some(-129), quant_max: Some(127), ..q.clone() })),

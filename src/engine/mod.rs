@@ -86,6 +86,15 @@ pub(crate) enum Engine {
     Cuda(Arc<cuda::CudaEngine>),
 }
 
+/// The refusal of the CUDA engine for the per-channel Percentile, KL and Mix passes (SPEC §8),
+/// whose kernels it does not have yet: an error, never a silent CPU run.
+fn not_on_cuda(what: &str) -> Error {
+    Error::Device(format!(
+        "{what} per channel (per-channel Percentile, KL and Mix, SPEC §8) is not yet available on the CUDA \
+         engine; run the observer on the CPU (Device::Cpu, --device cpu)"
+    ))
+}
+
 /// A batch loaded for one engine given to another (a bug in qcalib, not in the input).
 fn mismatch() -> Error {
     Error::Device("internal error in qcalib: a batch loaded for one engine was given to another".into())
@@ -145,20 +154,28 @@ impl Engine {
         }
     }
 
-    /// The extremes of `x` (per tensor), checked finite (SPEC §6), and for each target count the
-    /// first bin of the histogram of `|x|` (`bins` bins on `[0, max |x|]`) whose cumulative count
-    /// is `>= target` (`bins` when none is); see [`search::percentile::first_bin_reaching`]. The
-    /// CPU finds both in one pass over the data when it can (see `cpu::select`); a GPU runs the
-    /// extremes kernel, then the percentile kernels on the histogram it keeps.
+    /// The extremes of `x` (per tensor, or per channel along `axis`), checked finite (SPEC §6),
+    /// and for each target count the first bin of the histogram of `|x|` (`bins` bins on
+    /// `[0, max |x|]`, per channel: the channel's values on the channel's range) whose cumulative
+    /// count is `>= target` (`bins` when none is): `[channel][target]`; see
+    /// [`search::percentile::first_bin_reaching`]. The CPU finds both in one pass over the data
+    /// when it can (see `cpu::select`); a GPU runs the extremes kernel, then the percentile
+    /// kernels on the histogram it keeps (per tensor only, for now).
     pub(crate) fn extremes_and_percentile_bins(
         &self,
         x: &Loaded<'_>,
+        axis: Option<usize>,
         bins: usize,
         targets: &[f32],
     ) -> Result<(Extremes, Vec<usize>)> {
+        let host = |x: &TensorView<'_>| match axis {
+            None => cpu::extremes_and_percentile_bins(x, bins, targets),
+            Some(axis) => cpu::extremes_and_percentile_bins_per_channel(x, axis, bins, targets),
+        };
         let (e, found) = match (self, x) {
-            (_, Loaded::Host(x)) => cpu::extremes_and_percentile_bins(x, bins, targets),
-            (_, Loaded::HostCopy(x)) => cpu::extremes_and_percentile_bins(&x.view(), bins, targets),
+            (_, Loaded::Host(x)) => host(x),
+            (_, Loaded::HostCopy(x)) => host(&x.view()),
+            (Engine::Cuda(_), Loaded::Cuda(_)) if axis.is_some() => return Err(not_on_cuda("the percentile bins")),
             (Engine::Cuda(g), Loaded::Cuda(x)) => {
                 let e = g.extremes(x, None)?;
                 e.check_finite()?;
@@ -169,6 +186,34 @@ impl Engine {
         };
         e.check_finite()?;
         Ok((e, found))
+    }
+
+    /// Histograms of `|x|` per channel along `axis`: channel `c` gets `bins[c]` bins on
+    /// `[0, hi[c]]` (none when `bins[c]` is 0; `hi[c] = 0` counts its zeros in bin 0); the counts
+    /// of every channel in turn. With `extremes`, also the per-channel extremes, from the same
+    /// pass over the data.
+    pub(crate) fn abs_histograms(
+        &self,
+        x: &Loaded<'_>,
+        axis: usize,
+        bins: &[usize],
+        hi: &[f32],
+        extremes: bool,
+    ) -> Result<(Option<Extremes>, Vec<u64>)> {
+        let host = |x: &TensorView<'_>| {
+            if extremes {
+                let (e, h) = cpu::extremes_and_abs_histograms(x, axis, bins, hi);
+                (Some(e), h)
+            } else {
+                (None, cpu::abs_histograms(x, axis, bins, hi))
+            }
+        };
+        match (self, x) {
+            (_, Loaded::Host(x)) => Ok(host(x)),
+            (_, Loaded::HostCopy(x)) => Ok(host(&x.view())),
+            (Engine::Cuda(_), Loaded::Cuda(_)) => Err(not_on_cuda("the histogram of |x|")),
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
+        }
     }
 
     /// [`extremes`](Engine::extremes) (per tensor) and [`abs_histogram`](Engine::abs_histogram)
@@ -213,6 +258,15 @@ impl Engine {
         match self {
             Engine::Cpu => Ok(search::kl::threshold_index(hist, nq)),
             Engine::Cuda(g) => g.kl_threshold_index(hist, nq),
+        }
+    }
+
+    /// The KL threshold index of each of the per-channel histograms `hists` with `nq` quantized
+    /// levels, the channels in parallel; see [`search::kl::threshold_indices`].
+    pub(crate) fn kl_threshold_indices(&self, hists: &[&[u64]], nq: u64) -> Result<Vec<Option<usize>>> {
+        match self {
+            Engine::Cpu => Ok(search::kl::threshold_indices(hists, nq)),
+            Engine::Cuda(_) => Err(not_on_cuda("the KL search")),
         }
     }
 }

@@ -9,10 +9,15 @@ use crate::engine::{Extremes, Loaded};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::observer::core::Core;
+use crate::observer::per_channel::{channels_and_values, check_counters};
 use crate::observer::{
     Observer, ObserverConfig, ObserverKind, ObserverState, QParams, delegate_to_core, impl_observe, impl_restore,
 };
 use crate::sync::{Contribution, Reduced, SyncTask, run_together};
+
+mod sync_channels;
+
+use sync_channels::SyncedChannels;
 
 /// The histogram of the current KL window.
 ///
@@ -48,45 +53,71 @@ impl KlWindow {
         numel: usize,
         histogram: impl FnOnce(usize, f32) -> Result<Vec<u64>>,
     ) -> Result<()> {
+        let plan = self.plan(bins, amax)?;
+        let counts = match plan {
+            Some((b, hi)) => histogram(b, hi)?,
+            None => Vec::new(),
+        };
+        self.apply(bins, amax, numel, plan, &counts);
+        Ok(())
+    }
+
+    /// The histogram a batch whose largest `|x|` is `amax` is counted in, `(bins, hi)`: the
+    /// window's range once it has started (widened, keeping the width, when `amax` exceeds it),
+    /// else `[0, amax]` in `bins` bins; `None` while the range has not started and the batch is all
+    /// zeros (they are held back). An error when the widening would pass [`MAX_BINS`] bins or the
+    /// range of f32.
+    fn plan(&self, bins: usize, amax: f32) -> Result<Option<(usize, f32)>> {
         if self.edges.is_empty() {
-            if amax == 0.0 {
-                self.zeros += numel as u64;
-                return Ok(());
-            }
+            return Ok((amax != 0.0).then_some((bins, amax)));
+        }
+        if amax <= self.top() {
+            return Ok(Some((self.hist.len(), self.top())));
+        }
+        // Widen, keeping the width: ceil(f32(amax / w)) bins (never fewer than now).
+        let wanted = (amax / self.width).ceil();
+        if wanted.is_nan() || wanted > MAX_BINS as f32 {
+            return Err(Error::TooLarge(format!(
+                "max |x| = {amax} would widen the KL histogram (bin width {}) to {wanted} bins, more than {MAX_BINS}",
+                self.width
+            )));
+        }
+        let bins = (wanted as usize).max(self.hist.len());
+        let top = self.width * bins as f32;
+        if !top.is_finite() {
+            return Err(Error::TooLarge(format!(
+                "max |x| = {amax} would widen the KL histogram (bin width {}) past the largest f32",
+                self.width
+            )));
+        }
+        Ok(Some((bins, top)))
+    }
+
+    /// Adds the batch of [`plan`](KlWindow::plan) `plan`: `numel` values whose largest `|x|` is
+    /// `amax`, counted as `counts` in the planned histogram.
+    fn apply(&mut self, bins: usize, amax: f32, numel: usize, plan: Option<(usize, f32)>, counts: &[u64]) {
+        let Some((planned, _)) = plan else {
+            self.zeros += numel as u64;
+            return;
+        };
+        if self.edges.is_empty() {
             // The window's range starts: width amax / bins, edges m * w, the top edge amax.
             let w = amax / bins as f32;
             let mut edges: Vec<f32> = (0..bins).map(|m| m as f32 * w).collect();
             edges.push(amax);
-            let mut hist = histogram(bins, amax)?;
+            let mut hist = counts.to_vec();
             hist[0] += self.zeros;
             *self = KlWindow { hist, edges, width: w, zeros: 0, step: self.step };
-            return Ok(());
+            return;
         }
         if amax > self.top() {
-            // Widen, keeping the width: ceil(f32(amax / w)) bins (never fewer than now).
-            let wanted = (amax / self.width).ceil();
-            if wanted.is_nan() || wanted > MAX_BINS as f32 {
-                return Err(Error::TooLarge(format!(
-                    "max |x| = {amax} would widen the KL histogram (bin width {}) to {wanted} bins, more than {MAX_BINS}",
-                    self.width
-                )));
-            }
-            let bins = (wanted as usize).max(self.hist.len());
-            let top = self.width * bins as f32;
-            if !top.is_finite() {
-                return Err(Error::TooLarge(format!(
-                    "max |x| = {amax} would widen the KL histogram (bin width {}) past the largest f32",
-                    self.width
-                )));
-            }
-            self.edges = (0..=bins).map(|m| self.width * m as f32).collect();
-            self.hist.resize(bins, 0);
+            // Widened (the edges are recomputed even when rounding keeps the bin count).
+            self.edges = (0..=planned).map(|m| self.width * m as f32).collect();
+            self.hist.resize(planned, 0);
         }
-        let batch = histogram(self.hist.len(), self.top())?;
-        for (h, b) in self.hist.iter_mut().zip(batch) {
-            *h += b;
+        for (h, b) in self.hist.iter_mut().zip(counts) {
+            *h += *b;
         }
-        Ok(())
     }
 
     /// The KL threshold of the window (SPEC §4): the edge `k* + 132`, the top edge when no
@@ -96,19 +127,33 @@ impl KlWindow {
         if self.edges.is_empty() {
             return Ok(0.0);
         }
-        Ok(match engine.kl_threshold_index(&self.hist, levels)? {
+        Ok(self.threshold_at(engine.kl_threshold_index(&self.hist, levels)?))
+    }
+
+    /// The threshold for the search's result `found` on this window's histogram (see
+    /// [`threshold`](KlWindow::threshold)).
+    fn threshold_at(&self, found: Option<usize>) -> f32 {
+        match found {
+            _ if self.edges.is_empty() => 0.0,
             Some(t) => self.edges[t.min(self.edges.len() - 1)],
             None => self.top(),
-        })
+        }
     }
 }
 
-/// `KLObserver` (per-tensor): the histogram of `|x|` is accumulated over `update_interval`
-/// batches (widening, with a fixed bin width, when a batch exceeds it); at the end of each window
-/// the threshold with the smallest KL divergence (TensorRT's entropy calibration, with the
-/// plugin's smoothing over 9 candidates) becomes `±amax` and goes through the moving average.
+/// `KLObserver`: the histogram of `|x|` is accumulated over `update_interval` batches
+/// (widening, with a fixed bin width, when a batch exceeds it); at the end of each window the
+/// threshold with the smallest KL divergence (TensorRT's entropy calibration, with the plugin's
+/// smoothing over 9 candidates) becomes `±amax` and goes through the moving average.
 ///
 /// There are no statistics before the first window completes.
+///
+/// **Extension** (SPEC §8): with `per_channel_symmetric` and a `ch_axis`, every channel keeps a
+/// window of its own (histogram, edges, width, bin count, held-back zeros, widened on its own),
+/// exactly as a per-tensor observer that sees only that channel; the batch count of the window
+/// is shared, so every channel's search runs at the same batch (the channels in parallel). The
+/// windows may hold at most [`MAX_CHANNEL_COUNTERS`](crate::observer::MAX_CHANNEL_COUNTERS)
+/// counters in all (channels × bins, after widening).
 ///
 /// **Extension** `sync_histograms` ([`KlConfig::sync_histograms`], with `is_sync_quantize` and a
 /// process group of several ranks): every batch, the ranks agree on the histogram range and sum
@@ -128,13 +173,33 @@ impl KlWindow {
 /// assert!(amax > 0.0 && amax <= 1.0);
 /// # Ok::<(), qcalib::Error>(())
 /// ```
+///
+/// Per channel, on the last axis of activations:
+///
+/// ```
+/// use ndarray::Array2;
+/// use qcalib::{KlConfig, KlObserver, Observer, QuantConfig};
+/// let x = Array2::from_shape_fn((5000, 3), |(i, c)| (c + 1) as f32 * ((i as f32) * 0.618).sin().powi(3));
+/// let mut obs = KlObserver::new(KlConfig { quant: QuantConfig::per_channel(-1), ..Default::default() })?;
+/// obs.observe(&x)?;
+/// assert_eq!(obs.qparams()?.scale.len(), 3);
+/// // Channel 2 on its own gives channel 2's range.
+/// let mut one = KlObserver::new(KlConfig::default())?;
+/// one.observe(&x.column(2).to_owned())?;
+/// assert_eq!(one.max_val().unwrap()[0], obs.max_val().unwrap()[2]);
+/// # Ok::<(), qcalib::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct KlObserver {
     core: Core,
     bins: usize,
     update_interval: usize,
     sync_histograms: bool,
+    /// The window in progress (per tensor).
     window: KlWindow,
+    /// The windows in progress, one per channel (per channel; empty before a window's first
+    /// batch).
+    channels: Vec<KlWindow>,
 }
 
 impl KlObserver {
@@ -147,6 +212,7 @@ impl KlObserver {
             update_interval: config.update_interval,
             sync_histograms: config.sync_histograms,
             window: KlWindow::default(),
+            channels: Vec::new(),
         })
     }
 
@@ -160,13 +226,122 @@ impl KlObserver {
         }
     }
 
-    /// The histogram of the window in progress.
+    /// The histogram of the window in progress (per tensor).
     pub fn window(&self) -> &KlWindow {
         &self.window
     }
 
+    /// The windows in progress, one per channel (per channel; empty per tensor, and before the
+    /// first batch of a window).
+    pub fn channel_windows(&self) -> &[KlWindow] {
+        &self.channels
+    }
+
     fn reset_own_state(&mut self) {
         self.window = KlWindow::default();
+        self.channels = Vec::new();
+    }
+
+    /// One batch of a per-channel observer (SPEC §8): every channel's window as a per-tensor
+    /// window of that channel's values, from one pass over the data once every channel's range
+    /// exists (a second only for channels that widen or start).
+    fn observe_per_channel(&mut self, x: &Input<'_>, axis: usize) -> Result<()> {
+        let shape = x.shape().to_vec();
+        let (channels, values) = channels_and_values(&shape, Some(axis));
+        if !self.channels.is_empty() && self.channels.len() != channels {
+            return Err(Error::ChannelCountChanged { expected: self.channels.len(), found: channels, axis });
+        }
+        let engine = &self.core.engine;
+        let x = engine.load(x)?;
+        let fresh;
+        let windows: &[KlWindow] = if self.channels.is_empty() {
+            fresh = vec![KlWindow::default(); channels];
+            &fresh
+        } else {
+            &self.channels
+        };
+        let current: Vec<(usize, f32)> = windows.iter().map(|w| (w.hist.len(), w.top())).collect();
+        let (e, early) = if windows.iter().all(|w| w.top() > 0.0) {
+            let (bins, hi): (Vec<usize>, Vec<f32>) = current.iter().copied().unzip();
+            match engine.abs_histograms(&x, axis, &bins, &hi, true)? {
+                (Some(e), h) => (e, h),
+                (None, _) => {
+                    return Err(Error::Device("internal error in qcalib: no extremes from the histogram pass".into()));
+                }
+            }
+        } else {
+            (engine.extremes(&x, Some(axis))?, Vec::new())
+        };
+        e.check_finite()?;
+        let plans = windows
+            .iter()
+            .enumerate()
+            .map(|(c, w)| {
+                w.plan(self.bins, e.abs_max(c)).map_err(|err| match err {
+                    Error::TooLarge(why) => {
+                        Error::TooLarge(format!("channel {c} (ch_axis {}): {why}", self.core.quant.ch_axis))
+                    }
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // A channel whose range has not started will hold at least `bins` counters.
+        let counters = plans.iter().map(|p| p.map_or(self.bins, |(b, _)| b)).sum();
+        check_counters("KL", &self.core.quant, &shape, channels, counters)?;
+        // The channels whose histogram is not the one counted in the first pass (a range that
+        // starts or widens) are counted again, alone.
+        let again: Vec<(usize, f32)> = plans
+            .iter()
+            .zip(&current)
+            .map(|(p, now)| match p {
+                Some(plan) if early.is_empty() || plan != now => *plan,
+                _ => (0, 0.0),
+            })
+            .collect();
+        let recounted = if again.iter().any(|&(b, _)| b > 0) {
+            let (bins, hi): (Vec<usize>, Vec<f32>) = again.iter().copied().unzip();
+            engine.abs_histograms(&x, axis, &bins, &hi, false)?.1
+        } else {
+            Vec::new()
+        };
+        // Nothing can fail from here on but the search of a window that completes: the windows
+        // change in place, unless the window completes (then a copy, kept only on success).
+        let completes = windows.first().is_some_and(|w| w.step + 1 == self.update_interval);
+        let mut windows =
+            if completes || self.channels.is_empty() { windows.to_vec() } else { std::mem::take(&mut self.channels) };
+        let (mut at_early, mut at_again) = (0, 0);
+        for (c, w) in windows.iter_mut().enumerate() {
+            let counts = if again[c].0 > 0 {
+                &recounted[at_again..at_again + again[c].0]
+            } else if plans[c].is_some() {
+                &early[at_early..at_early + current[c].0]
+            } else {
+                &[]
+            };
+            at_again += again[c].0;
+            at_early += current[c].0;
+            w.apply(self.bins, e.abs_max(c), values, plans[c], counts);
+        }
+        self.end_batch_channels(windows)
+    }
+
+    /// [`end_batch`](KlObserver::end_batch) for the windows of every channel: the searches of
+    /// a window that completes run on all channels at once.
+    fn end_batch_channels(&mut self, mut windows: Vec<KlWindow>) -> Result<()> {
+        for w in &mut windows {
+            w.step += 1;
+        }
+        if windows.first().is_some_and(|w| w.step == self.update_interval) {
+            let hists: Vec<&[u64]> = windows.iter().map(|w| w.hist.as_slice()).collect();
+            let found = self.core.engine.kl_threshold_indices(&hists, self.core.quant.dtype.kl_levels())?;
+            let amax: Vec<f32> = windows.iter().zip(found).map(|(w, t)| w.threshold_at(t)).collect();
+            let neg: Vec<f32> = amax.iter().map(|a| -a).collect();
+            self.core.update(&neg, &amax);
+            windows = Vec::new();
+        }
+        self.channels = windows;
+        self.core.batches += 1;
+        Ok(())
     }
 
     /// Whether observing needs the other ranks (`sync_histograms` with several ranks).
@@ -194,12 +369,17 @@ impl KlObserver {
     }
 
     fn save_own_state(&self, state: &mut ObserverState) {
-        state.kl_window = Some(self.window.clone());
+        if self.core.quant.qscheme.is_per_channel() {
+            state.set_kl_channels(self.channels.clone());
+        } else {
+            state.kl_window = Some(self.window.clone());
+        }
     }
 
-    /// `state` has been checked: it holds a window.
+    /// `state` has been checked: it holds a window, or per channel the channels' windows.
     fn load_own_state(&mut self, state: &ObserverState) {
         self.window = state.kl_window.clone().unwrap_or_default();
+        self.channels = state.kl_channels.clone().unwrap_or_default();
     }
 }
 
@@ -211,10 +391,18 @@ impl Observer for KlObserver {
     fn observe_input(&mut self, x: &Input<'_>) -> Result<()> {
         if self.observes_synced() {
             let group = self.core.group.clone();
-            return run_together(&*group, &mut [&mut SyncedObserve::new(self, x)])?.pop().unwrap_or(Ok(()));
+            let outcome = if self.core.quant.qscheme.is_per_channel() {
+                run_together(&*group, &mut [&mut SyncedChannels::new(self, x)])?
+            } else {
+                run_together(&*group, &mut [&mut SyncedObserve::new(self, x)])?
+            };
+            return outcome.into_iter().next().unwrap_or(Ok(()));
         }
         if x.is_empty() {
             return Ok(());
+        }
+        if let Some(axis) = self.core.channel_axis(x)? {
+            return self.observe_per_channel(x, axis);
         }
         let engine = &self.core.engine;
         let x = engine.load(x)?;
@@ -242,7 +430,14 @@ impl Observer for KlObserver {
     }
 
     fn observe_sync<'s>(&'s mut self, x: &'s Input<'_>) -> Option<Box<dyn SyncTask + 's>> {
-        self.observes_synced().then(|| Box::new(SyncedObserve::new(self, x)) as Box<dyn SyncTask + 's>)
+        if !self.observes_synced() {
+            return None;
+        }
+        Some(if self.core.quant.qscheme.is_per_channel() {
+            Box::new(SyncedChannels::new(self, x))
+        } else {
+            Box::new(SyncedObserve::new(self, x))
+        })
     }
 
     delegate_to_core!();

@@ -8,6 +8,7 @@ mod kl;
 mod min_max;
 mod mix;
 mod mse;
+mod per_channel;
 mod percentile;
 pub mod state;
 
@@ -24,6 +25,7 @@ pub use kl::{KlObserver, KlWindow};
 pub use min_max::{MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver};
 pub use mix::{MIX_BINS, MIX_FRACTIONS, MixObserver};
 pub use mse::MseObserver;
+pub use per_channel::MAX_CHANNEL_COUNTERS;
 pub use percentile::PercentileObserver;
 pub use state::ObserverState;
 

@@ -25,18 +25,19 @@
 //! # Ok::<(), qcalib::Error>(())
 //! ```
 //!
-//! # Format (version 1)
+//! # Format (versions 1 and 2)
 //!
 //! One JSON object:
 //!
 //! | field | type | meaning |
 //! |---|---|---|
 //! | `format` | string | always `"qcalib-observer-state"` |
-//! | `version` | integer | the format version, `1` |
+//! | `version` | integer | the format version: `1`, or `2` for a state that holds `kl_channels` (a reader of version 1 does not know them); this build reads both |
 //! | `config` | object | the observer and all its parameters ([`ObserverConfig`]): `"observer"` (the CLI's name, e.g. `"kl"`), then the plugin's parameter names (`averaging_constant`, `ch_axis`, `dtype`, `qscheme`, `quant_min`, `quant_max`, `is_sync_quantize`, and the observer's own: `bins`, `percentile`, `update_interval`, `sync_histograms`, `stride`) |
 //! | `batches` | integer | non-empty batches observed |
 //! | `min_val`, `max_val` | arrays of numbers | the running minimum and maximum (SPEC §2): empty before any statistics, then one value per tensor or per channel |
 //! | `kl_window` | object | KL only: the window in progress ([`KlWindow`]): `hist` (counts per bin), `edges` (`hist.len() + 1` bin edges, empty before the range starts), `width` (the bin width), `zeros` (zeros seen before the range started), `step` (batches in the window) |
+//! | `kl_channels` | array of objects | per-channel KL only (SPEC §8; version 2), instead of `kl_window`: the windows in progress, one per channel, each like `kl_window`, all at the same `step`; empty before the first batch of a window |
 //!
 //! Numbers are written in the shortest form that reads back to the same f32, so a state read
 //! back is bit for bit the state saved. Counts are at most `2^63 - 1`.
@@ -81,7 +82,7 @@ use serde_json::{Map, Value};
 use crate::config::MAX_BINS;
 use crate::error::{Error, Result};
 use crate::observer::core::RangeStats;
-use crate::observer::{KlWindow, Observer, ObserverConfig, ObserverKind};
+use crate::observer::{KlWindow, MAX_CHANNEL_COUNTERS, Observer, ObserverConfig, ObserverKind};
 
 /// The largest count a state holds (what JSON readers of other languages read as an integer).
 const MAX_COUNT: u64 = i64::MAX as u64;
@@ -111,6 +112,10 @@ pub struct ObserverState {
     /// The KL window in progress (KL only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl_window: Option<KlWindow>,
+    /// The KL windows in progress, one per channel (per-channel KL only, format version 2; empty
+    /// before the first batch of a window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_channels: Option<Vec<KlWindow>>,
 }
 
 /// [`ObserverState`]'s fields as read, before the checks of the header.
@@ -125,6 +130,8 @@ struct Fields {
     max_val: Vec<f32>,
     #[serde(default)]
     kl_window: Option<KlWindow>,
+    #[serde(default)]
+    kl_channels: Option<Vec<KlWindow>>,
 }
 
 impl TryFrom<Value> for ObserverState {
@@ -144,6 +151,7 @@ impl TryFrom<Value> for ObserverState {
             min_val: f.min_val,
             max_val: f.max_val,
             kl_window: f.kl_window,
+            kl_channels: f.kl_channels,
         };
         // Building the observer runs its own checks of the parameters (a state written by qcalib
         // has a configuration an observer was built with; one read may not).
@@ -168,7 +176,7 @@ fn check_header(value: &Value) -> Result<()> {
 
 fn check_version(version: Option<u64>) -> Result<()> {
     match version {
-        Some(v) if v == ObserverState::VERSION as u64 => Ok(()),
+        Some(v) if (1..=ObserverState::VERSION as u64).contains(&v) => Ok(()),
         Some(v) if v > ObserverState::VERSION as u64 => Err(Error::State(format!(
             "format version {v} was written by a newer qcalib; this one reads version {}",
             ObserverState::VERSION
@@ -181,20 +189,29 @@ fn check_version(version: Option<u64>) -> Result<()> {
 impl ObserverState {
     /// The value of the `format` field.
     pub const FORMAT: &'static str = "qcalib-observer-state";
-    /// The format version this build writes and reads.
-    pub const VERSION: u32 = 1;
+    /// The newest format version this build writes and reads. It reads every version up to it,
+    /// and writes the oldest that holds the state: 2 for the per-channel KL windows
+    /// ([`kl_channels`](ObserverState::kl_channels)), which version 1 does not know, else 1.
+    pub const VERSION: u32 = 2;
 
     /// A state of the current format.
     pub(crate) fn new(config: ObserverConfig, stats: &RangeStats, batches: u64, kl_window: Option<KlWindow>) -> Self {
         ObserverState {
             format: Self::FORMAT.to_string(),
-            version: Self::VERSION,
+            version: 1,
             config,
             batches,
             min_val: stats.min_val.clone(),
             max_val: stats.max_val.clone(),
             kl_window,
+            kl_channels: None,
         }
+    }
+
+    /// Records the per-channel KL windows (which need format version 2).
+    pub(crate) fn set_kl_channels(&mut self, windows: Vec<KlWindow>) {
+        self.kl_channels = Some(windows);
+        self.version = self.version.max(2);
     }
 
     /// Which observer the state is of.
@@ -294,6 +311,12 @@ impl ObserverState {
             ));
         }
         self.check_order()?;
+        if let (ObserverConfig::Kl(config), true) = (&self.config, quant.qscheme.is_per_channel()) {
+            return self.check_kl_channels(config.bins, config.update_interval);
+        }
+        if self.kl_channels.is_some() {
+            return bad(format!("`kl_channels` in the state of a per-tensor {} observer", self.kind()));
+        }
         match (&self.config, &self.kl_window) {
             (ObserverConfig::Kl(config), Some(window)) => {
                 check_kl_window(window, config.bins, config.update_interval, self.batches)
@@ -302,6 +325,44 @@ impl ObserverState {
             (_, Some(_)) => bad(format!("a `kl_window` in the state of a {} observer", self.kind())),
             (_, None) => Ok(()),
         }
+    }
+
+    /// The checks of the windows of a per-channel KL observer (SPEC §8): each as a per-tensor
+    /// window, one per channel, all at the same step, within the limit on counters.
+    fn check_kl_channels(&self, bins: usize, update_interval: usize) -> Result<()> {
+        let bad = |what: String| Err(Error::State(what));
+        let Some(windows) = &self.kl_channels else {
+            return bad("a per-channel KL observer state without its `kl_channels`".into());
+        };
+        if self.version < 2 {
+            return bad(format!("`kl_channels` needs format version 2, the state says {}", self.version));
+        }
+        if self.kl_window.is_some() {
+            return bad("a `kl_window` in the state of a per-channel KL observer (it keeps `kl_channels`)".into());
+        }
+        if !windows.is_empty() && !self.min_val.is_empty() && windows.len() != self.min_val.len() {
+            return bad(format!("{} channel windows for {} channels in `min_val`", windows.len(), self.min_val.len()));
+        }
+        // Each as a window of its own (its `step` following from `batches`: all alike); none while
+        // no window is in progress.
+        for (c, w) in windows.iter().enumerate() {
+            check_kl_window(w, bins, update_interval, self.batches)
+                .map_err(|e| Error::State(format!("channel {c}: {e}")))?;
+        }
+        let step = self.batches % update_interval as u64;
+        if windows.is_empty() != (step == 0) {
+            return bad(format!(
+                "{} channel window(s) after `batches` {} (with `update_interval` {update_interval} a window is in \
+                 progress exactly when batches are not a multiple of it)",
+                windows.len(),
+                self.batches
+            ));
+        }
+        let counters = windows.iter().try_fold(0usize, |a, w| a.checked_add(w.hist.len().max(bins)));
+        if counters.is_none_or(|n| n > MAX_CHANNEL_COUNTERS) {
+            return bad(format!("the channel windows hold more than {MAX_CHANNEL_COUNTERS} counters"));
+        }
+        Ok(())
     }
 }
 

@@ -43,6 +43,24 @@ pub fn ln(x: f64) -> f64 {
     dk * LN2_HI - ((hfsq - (s * (hfsq + r) + dk * LN2_LO)) - f)
 }
 
+/// `ln(1 + z)` for finite `z >= 0`, within a few ulp also where `z` is tiny (Goldberg's
+/// correction of the rounding of `1 + z`); branch-free like [`ln`].
+///
+/// ```
+/// use qcalib::search::ln::ln_1p;
+/// for z in [0.0, 1e-300, 1e-17, 3e-10, 0.5, 1.0, 7.0, 1e12, 1e300] {
+///     assert!((ln_1p(z) - z.ln_1p()).abs() <= 4.0 * f64::EPSILON * z.ln_1p());
+/// }
+/// ```
+#[inline(always)]
+pub fn ln_1p(z: f64) -> f64 {
+    let u = 1.0 + z;
+    let d = u - 1.0;
+    // ln(u) is exact to rounding for the u that 1 + z rounded to; z / d scales it back to z.
+    let corrected = ln(u) * (z / d);
+    if d == 0.0 { z } else { corrected }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +85,20 @@ mod tests {
         }
         assert!(worst <= 1.0, "worst error {worst} ulp");
         assert_eq!(ln(1.0), 0.0);
+    }
+
+    #[test]
+    fn ln_1p_within_a_few_ulp() {
+        let mut worst = 0f64;
+        let mut z = 1e-300f64;
+        while z < 1e300 {
+            for y in [z, z * 1.000_000_1, z * 1.37, z * 1.9999] {
+                let (a, b) = (ln_1p(y), y.ln_1p());
+                worst = worst.max((a - b).abs() / (f64::EPSILON * b));
+            }
+            z *= 1.21;
+        }
+        assert!(worst <= 4.0, "worst error {worst} ulp");
+        assert_eq!(ln_1p(0.0), 0.0);
     }
 }

@@ -113,7 +113,8 @@ pub fn kl_divergence(hist: &[u64], i: usize, nq: u64) -> f64 {
         let step = i as f64 / nq as f64;
         let mut space: Vec<f64> = (0..=nq).map(|m| m as f64 * step).collect();
         space[nq as usize] = i as f64;
-        (0..i).map(|j| space.iter().filter(|&&s| s <= j as f64).count() - 1).collect()
+        // The number of m with space[m] <= j, minus one (space ascends: a binary search counts it).
+        (0..i).map(|j| space.partition_point(|&s| s <= j as f64) - 1).collect()
     };
     let levels = level.iter().max().map_or(0, |m| m + 1);
     let (mut tot, mut mem) = (vec![0f64; levels], vec![0f64; levels]);

@@ -123,8 +123,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<(), crate::
 
     let mut cases = Vec::new();
     for kind in ObserverKind::ALL {
-        let per_channel_ok =
-            matches!(kind, ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse);
+        let per_channel_ok = kind != ObserverKind::MovingAverageMinMax;
         for (name, shape, axis) in &shapes {
             let wanted = match axis {
                 None => kind != ObserverKind::MovingAveragePerChannelMinMax,
@@ -189,11 +188,37 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<(), crate::
         }
         t.elapsed().as_secs_f64()
     });
+    cases.push(Case { observer: "kl-search", variant: "2048 bins, qint8".into(), seconds, searched_bytes: None });
+    // A qint16 window widened to 65,536 bins (issue 14): half its candidates have more bins than
+    // levels, 32,767 levels each (not on softgpu, whose interpreter would take hours for it).
+    let warning = softgpu_warning(device);
+    if warning.is_none() {
+        let hist = kl_histogram(&data, 1 << 16);
+        let seconds = median(args.runs.min(3), || {
+            let t = Instant::now();
+            if let Err(e) = stats::kl_threshold_index(&hist, QuantDType::QInt16.kl_levels(), device) {
+                failure = Some(e.to_string());
+            }
+            t.elapsed().as_secs_f64()
+        });
+        cases.push(Case { observer: "kl-search", variant: "65536 bins, qint16".into(), seconds, searched_bytes: None });
+    }
     if let Some(e) = failure {
         return Err(e.into());
     }
-    cases.push(Case { observer: "kl-search", variant: "2048 bins, qint8".into(), seconds, searched_bytes: None });
-    let warning = softgpu_warning(device);
+    // Per channel (SPEC §8): the searches of every channel's histogram, the channels in parallel
+    // (the CPU engine's search; the CUDA engine has no per-channel search yet).
+    if on_device.is_none() {
+        let hists: Vec<Vec<u64>> = data[..rows * CHANNELS].chunks_exact(rows).map(|c| kl_histogram(c, 2048)).collect();
+        let refs: Vec<&[u64]> = hists.iter().map(Vec::as_slice).collect();
+        let seconds = median(args.runs, || {
+            let t = Instant::now();
+            std::hint::black_box(qcalib::search::kl::threshold_indices(&refs, QuantDType::QInt8.kl_levels()));
+            t.elapsed().as_secs_f64()
+        });
+        let variant = format!("per-channel ({CHANNELS} ch), 2048 bins, qint8");
+        cases.push(Case { observer: "kl-search", variant, seconds, searched_bytes: None });
+    }
     let device = device.to_string();
 
     match args.format {

@@ -31,14 +31,24 @@ pub fn run(args: &DemoArgs, out: &mut dyn std::io::Write) -> Result<(), crate::o
             Distribution::ChannelWeights => (vec![generate(dist, &[1536, 384], 1)], true),
             _ => ((0..BATCHES as u64).map(|b| generate(dist, &[per_batch / 64, 64], 100 + b)).collect(), false),
         };
-        for kind in ObserverKind::ALL {
-            let channel_ok =
-                matches!(kind, ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse);
-            if kind == ObserverKind::MovingAveragePerChannelMinMax && !per_channel {
-                continue;
-            }
+        // The weight per channel where the plugin has it; Percentile, KL and Mix both per tensor
+        // and per channel (SPEC §8), one row after the other.
+        let variants: Vec<(ObserverKind, bool)> = ObserverKind::ALL
+            .into_iter()
+            .flat_map(|kind| match kind {
+                ObserverKind::MovingAveragePerChannelMinMax if !per_channel => vec![],
+                ObserverKind::MinMax | ObserverKind::MovingAveragePerChannelMinMax | ObserverKind::Mse => {
+                    vec![(kind, per_channel)]
+                }
+                ObserverKind::Percentile | ObserverKind::Kl | ObserverKind::Mix if per_channel => {
+                    vec![(kind, false), (kind, true)]
+                }
+                _ => vec![(kind, false)],
+            })
+            .collect();
+        for (kind, channel_wise) in variants {
             let mut quant = kind.default_config();
-            if per_channel && channel_ok {
+            if channel_wise {
                 quant.qscheme = QScheme::PerChannelSymmetric;
                 quant.ch_axis = 0;
             }

@@ -151,21 +151,65 @@ fn in_range(hi: f32, bins: usize) -> bool {
     (hi * bins as f32).is_finite()
 }
 
-/// The histogram of `|x|` in `bins` bins on `[0, hi]` (SPEC §5), per channel.
-pub(crate) struct HistogramReducer {
-    pub bins: usize,
-    pub hi: f32,
+/// Where one channel's histogram is: `bins` bins on `[0, hi]` at `offset` in the counts (`bins`
+/// 0: the channel has none and is not counted).
+#[derive(Clone, Copy, Debug)]
+struct ChannelBins {
+    bins: usize,
+    hi: f32,
+    offset: usize,
 }
 
-/// Counts of a range of channels, `bins` per channel, plus a u32 scratch for the channel being
-/// filled.
+/// Histograms of `|x|` with the bin rule of SPEC §5: one over the whole tensor, or one per
+/// channel, each with its own bin count and range.
+pub(crate) struct HistogramReducer {
+    channels: Vec<ChannelBins>,
+}
+
+/// Bytes of counters a task of the channel-innermost layout keeps (in L2 while it walks the
+/// rows): its block of channels is as wide as fits.
+const BLOCK_COUNTER_BYTES: usize = 256 << 10;
+
+impl HistogramReducer {
+    /// One histogram of `bins` bins on `[0, hi]` (per tensor).
+    pub(crate) fn new(bins: usize, hi: f32) -> Self {
+        HistogramReducer { channels: vec![ChannelBins { bins, hi, offset: 0 }] }
+    }
+
+    /// One histogram per channel: `bins[c]` bins on `[0, hi[c]]` (`bins[c]` 0: none).
+    pub(crate) fn per_channel(bins: &[usize], hi: &[f32]) -> Self {
+        let mut offset = 0;
+        let channels = bins
+            .iter()
+            .zip(hi)
+            .map(|(&bins, &hi)| {
+                let c = ChannelBins { bins, hi, offset };
+                offset += bins;
+                c
+            })
+            .collect();
+        HistogramReducer { channels }
+    }
+}
+
+/// Counts of a range of channels (each channel's bins in turn), a u32 scratch for the channel
+/// being filled, and the per-channel constants of the row kernel.
 pub(crate) struct HistogramPart {
     first: usize,
-    bins: usize,
+    /// The channels' histograms, offsets relative to this part's counts.
+    channels: Vec<ChannelBins>,
+    /// The counts, then one slot that takes what is not counted (the row kernel's target for
+    /// values outside a channel's range).
     counts: Vec<u64>,
     scratch: Vec<u32>,
     scratch_channel: Option<usize>,
     scratch_values: u64,
+    rows: RowConstants,
+    /// The u16 counters of the row kernel (see [`RowConstants`]), flushed to `counts` before any
+    /// could overflow; empty until rows come. Small counters keep a block's busy bins in L1.
+    row_scratch: Vec<u16>,
+    /// Rows counted into `row_scratch` since its last flush.
+    row_scratch_rows: u64,
 }
 
 /// Values the u32 scratch takes before it is flushed (each counter stays below 2^32).
@@ -198,25 +242,57 @@ fn give_back_scratch(scratch: Vec<u32>) {
     }
 }
 
+/// The [`COPIES`] sub-histograms of a scratch of copies `stride` apart.
+fn split_copies(scratch: &mut [u32], stride: usize) -> [&mut [u32]; COPIES] {
+    let (a, rest) = scratch.split_at_mut(stride);
+    let (b, rest) = rest.split_at_mut(stride);
+    let (c, d) = rest.split_at_mut(stride);
+    [a, b, c, &mut d[..stride]]
+}
+
 impl HistogramPart {
+    fn channel(&self, c: usize) -> ChannelBins {
+        self.channels[c - self.first]
+    }
+
     fn flush(&mut self) {
-        if let Some(c) = self.scratch_channel.take() {
-            let stride = copy_stride(self.bins);
-            let dst = &mut self.counts[(c - self.first) * self.bins..][..self.bins];
-            for copy in self.scratch.chunks_exact(stride) {
-                for (d, &s) in dst.iter_mut().zip(copy) {
-                    *d += s as u64;
+        if self.row_scratch_rows > 0 {
+            let stride = self.rows.stride;
+            for (j, ch) in self.channels.iter().enumerate() {
+                let src = &mut self.row_scratch[j * stride..][..ch.bins];
+                for (d, s) in self.counts[ch.offset..][..ch.bins].iter_mut().zip(src.iter_mut()) {
+                    *d += *s as u64;
+                    *s = 0;
                 }
             }
-            self.scratch.iter_mut().for_each(|s| *s = 0);
+            self.row_scratch_rows = 0;
+        }
+        if let Some(c) = self.scratch_channel.take() {
+            let ch = self.channel(c);
+            let stride = copy_stride(ch.bins);
+            let dst = &mut self.counts[ch.offset..][..ch.bins];
+            // Only the counters a value can reach (the bins and the slot of what is outside) are
+            // ever non-zero: the copies are added in u32 (together they hold at most
+            // SCRATCH_LIMIT < 2^32 values), the sum into the counts, and zeroed, in one pass.
+            let [a, b, c, d] = split_copies(&mut self.scratch, stride);
+            let n = ch.bins + 1;
+            let (a, b, c, d) = (&mut a[..n], &mut b[..n], &mut c[..n], &mut d[..n]);
+            for (k, out) in dst.iter_mut().enumerate() {
+                *out += (a[k] + b[k] + c[k] + d[k]) as u64;
+            }
+            for copy in [a, b, c, d] {
+                copy.fill(0);
+            }
             self.scratch_values = 0;
         }
     }
 
-    /// The counts, `bins` per channel.
+    /// The counts, channel after channel (`bins` of each).
     pub(crate) fn into_counts(mut self) -> Vec<u64> {
         self.flush();
-        std::mem::take(&mut self.counts)
+        let mut counts = std::mem::take(&mut self.counts);
+        counts.pop(); // the slot of what is not counted
+        counts
     }
 }
 
@@ -230,15 +306,21 @@ impl Drop for HistogramPart {
     }
 }
 
+/// Runs shorter than this fraction of their channel's bins are counted straight into the u64
+/// counts: filling and flushing a scratch would cost more than they do.
+const DIRECT_RUN_PER_BIN: usize = 2;
+
 impl HistogramReducer {
     /// Runs `count` on pieces of `x` (values of channel `c`) with the u32 scratch of `part`
     /// ready for them, flushing it to the u64 counts before it could overflow.
     fn count_into(&self, part: &mut HistogramPart, c: usize, x: &[f32], mut count: impl FnMut(&[f32], &mut [u32])) {
+        let bins = part.channel(c).bins;
         for piece in x.chunks(SCRATCH_LIMIT as usize) {
             if part.scratch_channel != Some(c) || part.scratch_values + piece.len() as u64 > SCRATCH_LIMIT {
                 part.flush();
-                if part.scratch.is_empty() {
-                    part.scratch = take_scratch(COPIES * copy_stride(self.bins));
+                let len = COPIES * copy_stride(bins);
+                if part.scratch.len() != len {
+                    give_back_scratch(std::mem::replace(&mut part.scratch, take_scratch(len)));
                 }
                 part.scratch_channel = Some(c);
             }
@@ -246,52 +328,95 @@ impl HistogramReducer {
             part.scratch_values += piece.len() as u64;
         }
     }
+
+    /// Whether channel `c`'s run `x` is better counted without the scratch.
+    fn direct(part: &HistogramPart, c: usize, x: &[f32]) -> bool {
+        part.scratch_channel != Some(c) && x.len() * DIRECT_RUN_PER_BIN < part.channel(c).bins
+    }
+}
+
+/// Counts `x` into `counts` (one channel's bins on `[0, hi]`, `hi > 0`) one value at a time.
+fn count_direct(x: &[f32], hi: f32, counts: &mut [u64]) {
+    let bins = counts.len();
+    let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
+    for &v in x {
+        let b = bin_of(v, bins_f, top, hi, nb) as usize;
+        if b < bins {
+            counts[b] += 1;
+        }
+    }
+}
+
+/// What zeros count in a channel whose range is `[0, 0]`: bin 0 takes the zeros (SPEC §5).
+fn count_zeros(x: &[f32]) -> u64 {
+    x.iter().filter(|v| **v == 0.0).count() as u64
 }
 
 impl Reducer for HistogramReducer {
     type Part = HistogramPart;
 
     fn part(&self, first: usize, count: usize) -> HistogramPart {
+        let specs = &self.channels[first..first + count];
+        let base = specs.first().map_or(0, |c| c.offset);
+        let channels: Vec<ChannelBins> = specs.iter().map(|c| ChannelBins { offset: c.offset - base, ..*c }).collect();
+        let total: usize = channels.iter().map(|c| c.bins).sum();
         HistogramPart {
             first,
-            bins: self.bins,
-            counts: vec![0; count * self.bins],
+            rows: RowConstants::new(&channels),
+            channels,
+            counts: vec![0; total + 1],
             scratch: Vec::new(),
             scratch_channel: None,
             scratch_values: 0,
+            row_scratch: Vec::new(),
+            row_scratch_rows: 0,
         }
     }
 
     fn part_bytes(&self, count: usize) -> usize {
-        8 * count * self.bins + 4 * COPIES * copy_stride(self.bins)
+        let bins: usize = self.channels.iter().take(count).map(|c| c.bins).sum::<usize>().max(count);
+        let most = self.channels.iter().map(|c| c.bins).max().unwrap_or(0);
+        8 * bins + 24 * count + 4 * COPIES * copy_stride(most)
     }
 
     fn run(&self, part: &mut HistogramPart, c: usize, x: &[f32]) {
-        if self.hi <= 0.0 {
-            // hi == lo == 0: an all-zero range; zeros count in bin 0, anything else is outside.
-            part.counts[(c - part.first) * self.bins] += x.iter().filter(|v| **v == 0.0).count() as u64;
+        let ch = part.channel(c);
+        if ch.bins == 0 {
             return;
         }
-        self.count_into(part, c, x, |piece, scratch| accumulate(piece, self.hi, self.bins, scratch));
+        if ch.hi <= 0.0 {
+            // hi == lo == 0: an all-zero range; zeros count in bin 0, anything else is outside.
+            part.counts[ch.offset] += count_zeros(x);
+            return;
+        }
+        if HistogramReducer::direct(part, c, x) {
+            count_direct(x, ch.hi, &mut part.counts[ch.offset..][..ch.bins]);
+            return;
+        }
+        self.count_into(part, c, x, |piece, scratch| accumulate(piece, ch.hi, ch.bins, scratch));
     }
 
     fn rows(&self, part: &mut HistogramPart, rows: &[f32], channels: usize) {
-        part.flush();
-        let (bins_f, top, nb) = (self.bins as f32, (self.bins - 1) as f32, self.bins as u32);
-        for row in rows.chunks_exact(channels) {
-            for (c, &v) in row.iter().enumerate() {
-                let b = if self.hi > 0.0 {
-                    bin_of(v, bins_f, top, self.hi, nb)
-                } else if v == 0.0 {
-                    0
-                } else {
-                    nb
-                };
-                if b < nb {
-                    part.counts[c * self.bins + b as usize] += 1;
-                }
-            }
+        debug_assert_eq!(channels, part.channels.len());
+        if part.scratch_channel.is_some() {
+            part.flush();
         }
+        if part.row_scratch.is_empty() {
+            part.row_scratch = vec![0; part.rows.scratch_len()];
+        }
+        // Each counter takes at most one value per row: flush before it could overflow.
+        for piece in rows.chunks(channels.max(1) * ROW_SCRATCH_LIMIT as usize) {
+            if part.row_scratch_rows + (piece.len() / channels.max(1)) as u64 > ROW_SCRATCH_LIMIT {
+                part.flush();
+            }
+            count_rows(piece, &part.rows, &mut part.row_scratch);
+            part.row_scratch_rows += (piece.len() / channels.max(1)) as u64;
+        }
+    }
+
+    fn column_block(&self, _channels: usize) -> Option<usize> {
+        let most = self.channels.iter().map(|c| c.bins).max().unwrap_or(1).max(1);
+        Some((BLOCK_COUNTER_BYTES / (2 * most)).clamp(LANES, 1024) / LANES * LANES)
     }
 
     fn merge(&self, part: &mut HistogramPart, mut other: HistogramPart) {
@@ -304,11 +429,107 @@ impl Reducer for HistogramReducer {
 
     fn concat(&self, parts: Vec<HistogramPart>) -> HistogramPart {
         let first = parts.first().map_or(0, |p| p.first);
-        let mut out = self.part(first, 0);
+        let count: usize = parts.iter().map(|p| p.channels.len()).sum();
+        let total: usize = parts.iter().map(|p| p.counts.len() - 1).sum();
+        let mut counts = Vec::with_capacity(total + 1);
         for p in parts {
-            out.counts.extend(p.into_counts());
+            counts.extend(p.into_counts());
         }
+        counts.push(0);
+        let mut out = self.part(first, 0);
+        out.first = first;
+        out.channels = self.channels[first..first + count]
+            .iter()
+            .map(|c| ChannelBins { offset: c.offset - self.channels.get(first).map_or(0, |f| f.offset), ..*c })
+            .collect();
+        out.rows = RowConstants::new(&out.channels);
+        out.counts = counts;
         out
+    }
+}
+
+/// The per-channel constants of [`count_rows`], one entry per channel of a part.
+///
+/// The row kernel counts into a u32 scratch where channel `j`'s counters start at `j * stride`:
+/// `stride` is the most bins of a channel rounded up to 1024 counters, plus 64, so that the same
+/// bin of neighbouring channels is 256 bytes apart modulo 4 KiB (counters a multiple of 4 KiB
+/// apart alias in the store buffer, and the increments of the channels of a row would wait on
+/// each other).
+struct RowConstants {
+    bins_f: Vec<f32>,
+    top: Vec<f32>,
+    hi: Vec<f32>,
+    nb: Vec<u32>,
+    /// Where channel `j`'s counters start in the scratch: `j * stride`.
+    offset: Vec<u32>,
+    stride: usize,
+    /// The slot of what is not counted (the scratch's last).
+    outside: u32,
+}
+
+impl RowConstants {
+    fn new(channels: &[ChannelBins]) -> Self {
+        let most = channels.iter().map(|c| c.bins).max().unwrap_or(0);
+        let stride = most.div_ceil(1024) * 1024 + 64;
+        RowConstants {
+            bins_f: channels.iter().map(|c| c.bins as f32).collect(),
+            top: channels.iter().map(|c| c.bins.saturating_sub(1) as f32).collect(),
+            hi: channels.iter().map(|c| c.hi).collect(),
+            nb: channels.iter().map(|c| c.bins as u32).collect(),
+            offset: (0..channels.len()).map(|j| (j * stride) as u32).collect(),
+            stride,
+            outside: (channels.len() * stride) as u32,
+        }
+    }
+
+    /// The length of the scratch.
+    fn scratch_len(&self) -> usize {
+        self.outside as usize + 1
+    }
+}
+
+/// Rows the u16 counters of the row kernel take before they are flushed.
+const ROW_SCRATCH_LIMIT: u64 = u16::MAX as u64;
+
+/// Counter indices computed at a time in [`count_rows`] before the counters are bumped (the
+/// indices must be in the cache, not in flight in the store buffer, when they are read back).
+const ROW_BLOCK: usize = 1024;
+
+multiversion! {
+    /// Counts rows of `k.hi.len()` values (value `j` in channel `j`) into `counts`: the counter
+    /// indices of [`ROW_BLOCK`] values (whole rows, or a part of one wide row) in one vectorised
+    /// loop, then their increments.
+    fn count_rows(rows: &[f32], k: &RowConstants, counts: &mut [u16]) {
+        let channels = k.hi.len();
+        let mut idx = [0u32; ROW_BLOCK];
+        let group = (ROW_BLOCK / channels.max(1)).max(1) * channels;
+        for values in rows.chunks(group) {
+            // Whole rows, or (a row wider than the block) a run of one row's channels.
+            for (r, row) in values.chunks(channels.min(ROW_BLOCK)).enumerate() {
+                let first = (r * channels.min(ROW_BLOCK)) % channels;
+                let n = row.len();
+                let slot = &mut idx[(r * channels.min(ROW_BLOCK)) % ROW_BLOCK..][..n];
+                let (bins_f, top, hi) = (&k.bins_f[first..first + n], &k.top[first..first + n], &k.hi[first..first + n]);
+                let (nb, offset) = (&k.nb[first..first + n], &k.offset[first..first + n]);
+                for j in 0..n {
+                    let (v, hi) = (row[j], hi[j]);
+                    // A channel whose range is [0, 0] counts its zeros in bin 0 (SPEC §5).
+                    let b = bin_of(v, bins_f[j], top[j], hi, nb[j]);
+                    let b = if hi > 0.0 { b } else if v == 0.0 { 0 } else { nb[j] };
+                    slot[j] = if b < nb[j] { offset[j] + b } else { k.outside };
+                }
+                if channels > ROW_BLOCK {
+                    for &i in &idx[..n] {
+                        counts[i as usize] += 1;
+                    }
+                }
+            }
+            if channels <= ROW_BLOCK {
+                for &i in &idx[..values.len()] {
+                    counts[i as usize] += 1;
+                }
+            }
+        }
     }
 }
 
@@ -329,20 +550,24 @@ impl Reducer for ExtremesAndHistogram {
 
     fn run(&self, part: &mut Self::Part, c: usize, x: &[f32]) {
         let (extremes, histogram) = part;
-        if self.0.hi <= 0.0 {
+        let ch = histogram.channel(c);
+        if ch.bins == 0 || ch.hi <= 0.0 || HistogramReducer::direct(histogram, c, x) {
             ExtremesReducer.run(extremes, c, x);
             self.0.run(histogram, c, x);
             return;
         }
-        let (hi, bins) = (self.0.hi, self.0.bins);
         self.0.count_into(histogram, c, x, |piece, scratch| {
-            extremes.add(c, accumulate_with_extremes(piece, hi, bins, scratch));
+            extremes.add(c, accumulate_with_extremes(piece, ch.hi, ch.bins, scratch));
         });
     }
 
     fn rows(&self, part: &mut Self::Part, rows: &[f32], channels: usize) {
         ExtremesReducer.rows(&mut part.0, rows, channels);
         self.0.rows(&mut part.1, rows, channels);
+    }
+
+    fn column_block(&self, channels: usize) -> Option<usize> {
+        self.0.column_block(channels)
     }
 
     fn merge(&self, part: &mut Self::Part, other: Self::Part) {
@@ -377,7 +602,7 @@ mod tests {
     fn matches_the_spec_rule() {
         let x: Vec<f32> = (0..10_007).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
         for (bins, hi) in [(1, 3.0), (7, 3.0), (2048, 3.0), (512, 1.5)] {
-            let r = HistogramReducer { bins, hi };
+            let r = HistogramReducer::new(bins, hi);
             let mut p = r.part(0, 1);
             r.run(&mut p, 0, &x);
             assert_eq!(p.into_counts(), reference(&x, bins, hi), "bins {bins} hi {hi}");
@@ -395,7 +620,7 @@ mod tests {
 
     #[test]
     fn zero_range_counts_zeros_in_bin_zero() {
-        let r = HistogramReducer { bins: 4, hi: 0.0 };
+        let r = HistogramReducer::new(4, 0.0);
         let mut p = r.part(0, 1);
         r.run(&mut p, 0, &[0.0, -0.0, 0.0]);
         assert_eq!(p.into_counts(), vec![3, 0, 0, 0]);
@@ -411,8 +636,8 @@ mod tests {
                 x[n - 1] = 7.5; // outside the range
             }
             for (bins, hi) in [(2048, 3.0), (7, 2.5), (4, 0.0)] {
-                let h = HistogramReducer { bins, hi };
-                let both = ExtremesAndHistogram(HistogramReducer { bins, hi });
+                let h = HistogramReducer::new(bins, hi);
+                let both = ExtremesAndHistogram(HistogramReducer::new(bins, hi));
                 let mut p = both.part(0, 1);
                 both.run(&mut p, 0, &x);
                 let mut e = ExtremesReducer.part(0, 1);

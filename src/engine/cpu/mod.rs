@@ -4,13 +4,16 @@ mod fake_quant;
 mod histogram;
 mod min_max;
 mod select;
+mod select_rows;
 pub(crate) mod simd;
 mod walk;
 pub(crate) mod widen;
 
+use rayon::prelude::*;
+
 use crate::engine::Extremes;
 use crate::search::percentile::first_bin_reaching;
-use crate::tensor::{HostLayout, TensorView, with_view};
+use crate::tensor::{Element, HostLayout, TensorView, with_view};
 
 use fake_quant::FakeQuantReducer;
 use histogram::{ExtremesAndHistogram, HistogramReducer};
@@ -25,13 +28,32 @@ pub(crate) fn extremes(x: &TensorView<'_>, axis: Option<usize>) -> Extremes {
 
 /// The histogram of `|x|` over the whole tensor, `bins` bins on `[0, hi]` (SPEC §5).
 pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64> {
-    let r = HistogramReducer { bins, hi };
+    let r = HistogramReducer::new(bins, hi);
     with_view!(x, v => reduce(HostLayout::new(v, None), &r)).into_counts()
+}
+
+/// Histograms of `|x|` per channel along `axis`: channel `c` gets `bins[c]` bins on
+/// `[0, hi[c]]` (none when `bins[c]` is 0); the counts of every channel in turn.
+pub(crate) fn abs_histograms(x: &TensorView<'_>, axis: usize, bins: &[usize], hi: &[f32]) -> Vec<u64> {
+    let r = HistogramReducer::per_channel(bins, hi);
+    with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).into_counts()
+}
+
+/// The per-channel extremes along `axis` and [`abs_histograms`] in one pass over the tensor.
+pub(crate) fn extremes_and_abs_histograms(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: &[usize],
+    hi: &[f32],
+) -> (Extremes, Vec<u64>) {
+    let r = ExtremesAndHistogram(HistogramReducer::per_channel(bins, hi));
+    let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r));
+    (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
 }
 
 /// The extremes and the histogram of `|x|` on `[0, hi]` in one pass over the tensor.
 pub(crate) fn extremes_and_abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> (Extremes, Vec<u64>) {
-    let r = ExtremesAndHistogram(HistogramReducer { bins, hi });
+    let r = ExtremesAndHistogram(HistogramReducer::new(bins, hi));
     let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, None), &r));
     (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
 }
@@ -52,6 +74,117 @@ pub(crate) fn extremes_and_percentile_bins(x: &TensorView<'_>, bins: usize, targ
     }
     let hist = abs_histogram(x, bins, e.abs_max(0));
     let found = targets.iter().map(|&t| first_bin_reaching(&hist, t)).collect();
+    (e, found)
+}
+
+/// The per-channel extremes along `axis` and, when they are finite, for each channel and each
+/// target count the first bin of the channel's histogram of `|x|` on `[0, max |x|]` (of that
+/// channel) whose cumulative count reaches it (`bins` when none does): `[channel][target]`.
+/// Empty when the tensor holds NaN or infinity.
+pub(crate) fn extremes_and_percentile_bins_per_channel(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: usize,
+    targets: &[f32],
+) -> (Extremes, Vec<usize>) {
+    let by_channel = with_view!(x, v => match HostLayout::new(v, Some(axis)) {
+        // Channels that are one contiguous run each (channels outermost): every channel as a
+        // tensor of its own, by selection where it applies.
+        HostLayout::Dense { data, outer: 1, channels, inner } if channels > 1 && inner >= select::MIN_ELEMENTS => {
+            Some(percentile_bins_of_runs(data, channels, inner, bins, targets))
+        }
+        // Channels innermost (rows of one value per channel): by selection with a bracket per
+        // channel, in one pass over the rows.
+        HostLayout::Dense { data, outer, channels, inner: 1 } if channels > 1 && outer >= select_rows::MIN_ROWS => {
+            select_rows::extremes_and_percentile_bins_of_rows(data, outer, channels, bins, targets).map(|(e, found)| {
+                (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, found)
+            })
+        }
+        _ => None,
+    });
+    if let Some(found) = by_channel {
+        return found;
+    }
+    let e = extremes(x, Some(axis));
+    if e.non_finite > 0 {
+        return (e, Vec::new());
+    }
+    let channels = e.min.len();
+    // Channels of fewer values than bins: each channel's values gathered and selected from costs
+    // less than a histogram per channel.
+    if x.len() / channels.max(1) < bins {
+        let found = with_view!(x, v => bins_by_gathering(v, axis, &e, bins, targets));
+        return (e, found);
+    }
+    let hi: Vec<f32> = (0..channels).map(|c| e.abs_max(c)).collect();
+    let hist = abs_histograms(x, axis, &vec![bins; channels], &hi);
+    let found = hist.chunks_exact(bins).flat_map(|h| targets.iter().map(|&t| first_bin_reaching(h, t))).collect();
+    (e, found)
+}
+
+/// The percentile bins of every channel along `axis` (finite, with the extremes `e`), each
+/// channel's `|x|` gathered and selected from ([`select::bins_of_all_values`]).
+fn bins_by_gathering<T: Element>(
+    v: &ndarray::ArrayViewD<'_, T>,
+    axis: usize,
+    e: &Extremes,
+    bins: usize,
+    targets: &[f32],
+) -> Vec<usize> {
+    let per_channel: Vec<Vec<usize>> = (0..e.min.len())
+        .into_par_iter()
+        .map(|c| {
+            let mut values: Vec<u32> =
+                v.index_axis(ndarray::Axis(axis), c).iter().map(|x| select::abs_bits(x.to_f32())).collect();
+            select::bins_of_all_values(&mut values, e.abs_max(c), bins, targets)
+        })
+        .collect();
+    per_channel.concat()
+}
+
+/// [`extremes_and_percentile_bins`] of one contiguous run of values.
+fn percentile_bins_of_run<T: Element>(run: &[T], bins: usize, targets: &[f32]) -> (Extremes, Vec<usize>) {
+    let (part, found) = match T::as_f32(run) {
+        Some(x) if x.len() <= select::CACHED_RUN => {
+            select::extremes_and_percentile_bins_of_cached_run(x, bins, targets)
+        }
+        _ => select::extremes_and_percentile_bins(&ndarray::ArrayView1::from(run).into_dyn(), bins, targets),
+    };
+    let e = Extremes { min: part.min, max: part.max, non_finite: part.non_finite };
+    if let Some(found) = found {
+        return (e, found);
+    }
+    if e.non_finite > 0 {
+        return (e, Vec::new());
+    }
+    let layout = HostLayout::Dense { data: run, outer: 1, channels: 1, inner: run.len() };
+    let hist = reduce(layout, &HistogramReducer::new(bins, e.abs_max(0))).into_counts();
+    let found = targets.iter().map(|&t| first_bin_reaching(&hist, t)).collect();
+    (e, found)
+}
+
+/// [`extremes_and_percentile_bins_per_channel`] of `channels` channels that are consecutive runs
+/// of `inner` values of `data`: each channel as a tensor of its own, the channels in parallel.
+fn percentile_bins_of_runs<T: Element>(
+    data: &[T],
+    channels: usize,
+    inner: usize,
+    bins: usize,
+    targets: &[f32],
+) -> (Extremes, Vec<usize>) {
+    let per_channel: Vec<(Extremes, Vec<usize>)> =
+        data[..channels * inner].par_chunks(inner).map(|run| percentile_bins_of_run(run, bins, targets)).collect();
+    let mut e = Extremes { min: Vec::with_capacity(channels), max: Vec::with_capacity(channels), non_finite: 0 };
+    let mut found = Vec::with_capacity(channels * targets.len());
+    for (ce, cf) in per_channel {
+        e.min.push(ce.min[0]);
+        e.max.push(ce.max[0]);
+        e.non_finite += ce.non_finite;
+        found.extend(cf);
+    }
+    if e.non_finite > 0 {
+        found.clear();
+    }
     (e, found)
 }
 

@@ -5,7 +5,7 @@
 //! The first bin whose cumulative count reaches a target is the bin of one order statistic of
 //! `|x|` ([`DecidingRank`]). So:
 //!
-//! 1. A sample of the tensor (runs of [`RUN`] values spread over it) gives a bracket
+//! 1. A sample of the tensor (runs of consecutive values spread over it) gives a bracket
 //!    `[lo, hi]` of `|x|` that very probably holds the wanted order statistics.
 //! 2. One pass computes the extremes, counts the values below `lo` and collects those inside
 //!    the bracket (a small fraction of the tensor, capped).
@@ -20,25 +20,32 @@ use ndarray::ArrayViewD;
 
 use super::histogram::bin_of;
 use super::min_max::{self, Extremes, ExtremesPart, ExtremesReducer};
-use super::simd::{LANES, multiversion};
+use super::simd::{LANES, multiversion, prefetch};
 use super::walk::{Reducer, reduce};
 use crate::search::percentile::{DecidingRank, deciding_rank};
 use crate::tensor::{Element, HostLayout};
 
-/// Consecutive values in one run of the sample.
-const RUN: usize = 64;
-/// Runs in the sample.
-const RUNS: usize = 1024;
-/// Tensors smaller than this use the histogram: the sample would be most of the tensor.
-pub(crate) const MIN_ELEMENTS: usize = 1 << 17;
+/// The sample: about one value in [`SAMPLE_EVERY`] of the tensor, between [`MIN_SAMPLE`] and
+/// [`MAX_SAMPLE`] values, in runs of [`LONG_RUN`] consecutive values (tensors of at least
+/// [`LONG_RUNS_FROM`] values) or [`SHORT_RUN`] (smaller ones, e.g. one channel's values: more
+/// runs make a tighter bracket).
+const SAMPLE_EVERY: usize = 16;
+const MIN_SAMPLE: usize = 4096;
+const MAX_SAMPLE: usize = 65536;
+const LONG_RUN: usize = 64;
+const SHORT_RUN: usize = 16;
+const LONG_RUNS_FROM: usize = 1 << 20;
+/// Tensors smaller than this use the histogram: the sample would be too much of the tensor.
+pub(crate) const MIN_ELEMENTS: usize = 1 << 15;
 /// The sample standard deviations the bracket adds on each side of a rank.
 const SPREAD: f64 = 6.0;
-/// Sample positions added on each side of a rank on top of [`SPREAD`] (runs are not independent
-/// values).
-const SLACK: f64 = 32.0;
+/// Sample positions added on each side of a rank on top of [`SPREAD`], as a fraction of the run
+/// length (the values of a run are not independent).
+const SLACK_PER_RUN: f64 = 0.5;
 /// The most a bracket may expect to hold, as a fraction of the tensor (a larger one, for a
-/// percentile near the middle, is not worth collecting: the histogram is used).
-const MAX_EXPECTED_FRACTION: f64 = 1.0 / 64.0;
+/// percentile near the middle, is not worth collecting: the histogram is used). The smallest
+/// samples (a channel of 2^15 to 2^16 values) need about 2% for the 99.99th percentile.
+const MAX_EXPECTED_FRACTION: f64 = 1.0 / 16.0;
 
 /// The extremes of the tensor and, when the selection succeeded, the bins of `targets`
 /// (see [`first_bin_reaching`](crate::search::percentile::first_bin_reaching)) in a histogram of
@@ -67,6 +74,52 @@ pub(crate) fn extremes_and_percentile_bins<T: Element>(
     let found = reduce(layout, &bracket);
     let mut e = ExtremesReducer.part(0, 1);
     e.add(0, found.extremes);
+    let bins = bins_of_ranks(&e, found, bins, &ranks);
+    (e, bins)
+}
+
+/// Values of a run that stays in the caches between two passes over it (a channel's run of at
+/// most 512 KiB of f32).
+pub(crate) const CACHED_RUN: usize = 1 << 17;
+/// One sample value per this many values of a cached run (at a varying offset inside each group).
+const CACHED_SAMPLE_EVERY: usize = 64;
+/// Sample positions added on each side of a rank on top of [`SPREAD`] for a cached run's sample
+/// (single values at varying offsets: close to independent).
+const CACHED_SLACK: f64 = 2.0;
+
+/// [`extremes_and_percentile_bins`] of a run of f32 values that stays in the caches (at most
+/// [`CACHED_RUN`], e.g. one channel's values): the first pass reads the run from memory for its
+/// extremes and takes a sample of it, the second reads it from the cache to count the values
+/// below the bracket and collect those inside. No scattered reads from memory, as a sample of a
+/// large tensor needs. `None` for the bins where the caller must count the histogram.
+pub(crate) fn extremes_and_percentile_bins_of_cached_run(
+    x: &[f32],
+    bins: usize,
+    targets: &[f32],
+) -> (ExtremesPart, Option<Vec<usize>>) {
+    let n = x.len();
+    let mut e = ExtremesReducer.part(0, 1);
+    e.add(0, min_max::extremes(x));
+    let ranks: Vec<DecidingRank> = targets.iter().map(|&t| deciding_rank(t, n as u64)).collect();
+    let wanted: Vec<u64> =
+        ranks.iter().filter_map(|r| if let DecidingRank::Rank(k) = *r { Some(k) } else { None }).collect();
+    if e.non_finite > 0 || wanted.is_empty() || n < MIN_ELEMENTS {
+        return (e, None);
+    }
+    // One value per group of 64, at an offset that varies from group to group.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut sample: Vec<u32> = x
+        .chunks_exact(CACHED_SAMPLE_EVERY)
+        .map(|group| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            abs_bits(group[(state >> 33) as usize % CACHED_SAMPLE_EVERY])
+        })
+        .collect();
+    let Some(bracket) = bracket_of_sample(&mut sample, n, &wanted, CACHED_SLACK) else {
+        return (e, None);
+    };
+    let mut found = Found { extremes: Extremes::EMPTY, below: 0, inside: Vec::new(), seen: 0, overflowed: false };
+    bracket.run(&mut found, 0, x);
     let bins = bins_of_ranks(&e, found, bins, &ranks);
     (e, bins)
 }
@@ -102,9 +155,39 @@ fn bins_of_ranks(e: &ExtremesPart, mut found: Found, bins: usize, ranks: &[Decid
         .collect()
 }
 
+/// The bins of `targets` in a histogram of `bins` bins on `[0, range]` of the values whose `|v|`
+/// bits are `values` (all of them, finite, `range` their largest): by selection of the deciding
+/// order statistics, or (where `range * bins` overflows and the bin rule is not monotone) by
+/// counting. For channels with fewer values than bins, where this costs less than a histogram.
+pub(crate) fn bins_of_all_values(values: &mut [u32], range: f32, bins: usize, targets: &[f32]) -> Vec<usize> {
+    let n = values.len() as u64;
+    let (bins_f, top, nb) = (bins as f32, bins.saturating_sub(1) as f32, bins as u32);
+    if range > 0.0 && !(range * bins_f).is_finite() {
+        let mut counts = vec![0u64; bins];
+        for &b in values.iter() {
+            let i = bin_of(f32::from_bits(b), bins_f, top, range, nb) as usize;
+            if i < bins {
+                counts[i] += 1;
+            }
+        }
+        return targets.iter().map(|&t| crate::search::percentile::first_bin_reaching(&counts, t)).collect();
+    }
+    targets
+        .iter()
+        .map(|&t| match deciding_rank(t, n) {
+            DecidingRank::FirstBin => 0,
+            DecidingRank::NoBin => bins,
+            DecidingRank::Rank(k) => {
+                let (_, &mut bits, _) = values.select_nth_unstable(k as usize - 1);
+                if range > 0.0 { bin_of(f32::from_bits(bits), bins_f, top, range, nb) as usize } else { 0 }
+            }
+        })
+        .collect()
+}
+
 /// The bits of `|v|`: for finite values, ordered as the values.
 #[inline(always)]
-fn abs_bits(v: f32) -> u32 {
+pub(crate) fn abs_bits(v: f32) -> u32 {
     v.to_bits() & 0x7fff_ffff
 }
 
@@ -112,30 +195,62 @@ fn abs_bits(v: f32) -> u32 {
 /// from a sample of `data`; `None` when it would be too wide to be worth collecting.
 fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket> {
     let n = data.len();
-    let mut sample = Vec::with_capacity(RUN * RUNS);
+    let run = if n >= LONG_RUNS_FROM { LONG_RUN } else { SHORT_RUN };
+    let runs = (n / SAMPLE_EVERY).clamp(MIN_SAMPLE, MAX_SAMPLE) / run;
+    let slack = SLACK_PER_RUN * run as f64;
+    let mut sample = Vec::with_capacity(run * runs);
     // Run r starts in the r-th slice of the tensor, at an offset that varies from run to run, so
     // that a period in the data (a channel, a row) does not line up with the runs.
-    let slice = n / RUNS;
+    let slice = n / runs;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for r in 0..RUNS {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        let room = slice.saturating_sub(RUN).max(1);
-        let start = (r * slice + (state >> 33) as usize % room).min(n - RUN);
-        sample.extend(data[start..start + RUN].iter().map(|v| abs_bits(v.to_f32())));
+    let starts: Vec<usize> = (0..runs)
+        .map(|r| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let room = slice.saturating_sub(run).max(1);
+            (r * slice + (state >> 33) as usize % room).min(n - run)
+        })
+        .collect();
+    // Every run is asked for before any is read: their cache misses overlap.
+    for &start in &starts {
+        prefetch(&data[start..start + run]);
     }
-    sample.sort_unstable();
+    for &start in &starts {
+        sample.extend(data[start..start + run].iter().map(|v| abs_bits(v.to_f32())));
+    }
+    bracket_of_sample(&mut sample, n, wanted, slack)
+}
+
+/// The bracket of `|x|` bits around the ranks `wanted` (1-based, among `n` values) from a sample
+/// of them (as bits, reordered), with `slack` sample positions added on each side; `None` when it
+/// would be too wide to be worth collecting.
+fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -> Option<Bracket> {
     let m = sample.len() as f64;
     let position = |k: u64, side: f64| {
         let q = k as f64 / n as f64;
-        q * m + side * (SPREAD * (m * q * (1.0 - q)).sqrt() + SLACK)
+        q * m + side * (SPREAD * (m * q * (1.0 - q)).sqrt() + slack)
     };
     let first = wanted.iter().map(|&k| position(k, -1.0)).fold(f64::INFINITY, f64::min);
     let last = wanted.iter().map(|&k| position(k, 1.0)).fold(f64::NEG_INFINITY, f64::max);
     if (last - first) / m > MAX_EXPECTED_FRACTION {
         return None;
     }
-    let lo = if first < 0.0 { 0 } else { sample[first as usize] };
-    let hi = if last >= m - 1.0 { u32::MAX } else { sample[last.ceil() as usize] };
+    // The two order statistics of the sample (a selection each, not a sort): the upper one
+    // first, then the lower one among the values below it.
+    let (lo_at, hi_at) = ((first >= 0.0).then_some(first as usize), (last < m - 1.0).then_some(last.ceil() as usize));
+    let mut below = sample;
+    let hi = match hi_at {
+        Some(at) => {
+            let (smaller, &mut v, _) = below.select_nth_unstable(at);
+            below = smaller;
+            v
+        }
+        None => u32::MAX,
+    };
+    let lo = match lo_at {
+        Some(at) if at < below.len() => *below.select_nth_unstable(at).1,
+        Some(_) => hi, // both positions are the same
+        None => 0,
+    };
     // Each piece may collect its share of twice the expected count, plus some room.
     let cap_fraction = 2.0 * (last - first) / m;
     Some(Bracket { lo, hi, cap_fraction })
@@ -160,16 +275,13 @@ pub(crate) struct Found {
     overflowed: bool,
 }
 
-/// Values scanned at a time: when one of them is inside the bracket, the span is scanned
-/// again to collect it.
-const SPAN: usize = 256;
-
 /// Values per block: the u32 lane counters flush to u64 after each block.
 const BLOCK: usize = 1 << 20;
 
 multiversion! {
     /// Adds to `found` the extremes of `x`, its values below `lo` (counted) and those in
-    /// `[lo, hi]` (collected, while there is room under `cap`), in one vectorised loop.
+    /// `[lo, hi]` (collected, while there is room under `cap`), in one vectorised loop; a vector
+    /// of [`LANES`] values with one inside is collected on a separate (rare) path.
     fn scan(x: &[f32], lo: u32, hi: u32, cap: usize, found: &mut Found) {
         let width = hi.wrapping_sub(lo);
         for block in x.chunks(BLOCK) {
@@ -177,31 +289,29 @@ multiversion! {
             let mut high = [f32::NEG_INFINITY; LANES];
             let mut nf = [0u32; LANES];
             let mut below = [0u32; LANES];
-            for span in block.chunks(SPAN) {
+            let mut lanes = block.chunks_exact(LANES);
+            for ch in &mut lanes {
                 let mut hits = [0u32; LANES];
-                let mut lanes = span.chunks_exact(LANES);
-                for ch in &mut lanes {
-                    for j in 0..LANES {
-                        let (v, b) = (ch[j], abs_bits(ch[j]));
-                        low[j] = min_max::min(low[j], v);
-                        high[j] = min_max::max(high[j], v);
-                        nf[j] += min_max::non_finite(v);
-                        below[j] += (b < lo) as u32;
-                        hits[j] |= (b.wrapping_sub(lo) <= width) as u32;
-                    }
+                for j in 0..LANES {
+                    let (v, b) = (ch[j], abs_bits(ch[j]));
+                    low[j] = min_max::min(low[j], v);
+                    high[j] = min_max::max(high[j], v);
+                    nf[j] += min_max::non_finite(v);
+                    below[j] += (b < lo) as u32;
+                    hits[j] = (b.wrapping_sub(lo) <= width) as u32;
                 }
-                for &v in lanes.remainder() {
-                    let b = abs_bits(v);
-                    low[0] = min_max::min(low[0], v);
-                    high[0] = min_max::max(high[0], v);
-                    nf[0] += min_max::non_finite(v);
-                    below[0] += (b < lo) as u32;
-                    hits[0] |= (b.wrapping_sub(lo) <= width) as u32;
-                }
-                if hits.iter().any(|&h| h != 0) {
-                    collect(span, lo, hi, cap, found);
+                if hits.iter().fold(0, |a, &h| a | h) != 0 {
+                    collect(ch, lo, hi, cap, found);
                 }
             }
+            for &v in lanes.remainder() {
+                let b = abs_bits(v);
+                low[0] = min_max::min(low[0], v);
+                high[0] = min_max::max(high[0], v);
+                nf[0] += min_max::non_finite(v);
+                below[0] += (b < lo) as u32;
+            }
+            collect(lanes.remainder(), lo, hi, cap, found);
             for j in 0..LANES {
                 found.extremes = found.extremes.join(Extremes { min: low[j], max: high[j], non_finite: nf[j] as u64 });
                 found.below += below[j] as u64;
@@ -210,22 +320,19 @@ multiversion! {
     }
 }
 
-/// Collects the values of `x` inside `[lo, hi]`, skipping runs of [`LANES`] values with none.
-#[inline(always)]
+/// Collects the values of `x` inside `[lo, hi]` (the rare path of [`scan`]: out of its loop, so
+/// that its registers stay there).
+#[cold]
+#[inline(never)]
 fn collect(x: &[f32], lo: u32, hi: u32, cap: usize, found: &mut Found) {
     let width = hi.wrapping_sub(lo);
-    for ch in x.chunks(LANES) {
-        if ch.iter().fold(0u32, |a, &v| a | (abs_bits(v).wrapping_sub(lo) <= width) as u32) == 0 {
-            continue;
-        }
-        for &v in ch {
-            let b = abs_bits(v);
-            if b.wrapping_sub(lo) <= width {
-                if found.inside.len() < cap {
-                    found.inside.push(b);
-                } else {
-                    found.overflowed = true;
-                }
+    for &v in x {
+        let b = abs_bits(v);
+        if b.wrapping_sub(lo) <= width {
+            if found.inside.len() < cap {
+                found.inside.push(b);
+            } else {
+                found.overflowed = true;
             }
         }
     }

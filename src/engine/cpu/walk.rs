@@ -38,6 +38,14 @@ pub(crate) trait Reducer: Sync {
     /// The part covers all channels.
     fn rows(&self, part: &mut Self::Part, rows: &[f32], channels: usize);
 
+    /// For a dense tensor whose channel axis is innermost: `Some(n)` to have tasks take blocks of
+    /// `n` channels through all rows (each block's part stays small enough for the caches, and
+    /// sees its channels' values as rows of `n`), `None` (the default) to cut the rows among
+    /// tasks, each with a part over all channels.
+    fn column_block(&self, _channels: usize) -> Option<usize> {
+        None
+    }
+
     /// Adds `other`, a part over the same channels, into `part`.
     fn merge(&self, part: &mut Self::Part, other: Self::Part);
 
@@ -49,7 +57,10 @@ pub(crate) trait Reducer: Sync {
 pub(crate) fn reduce<T: Element, R: Reducer>(layout: HostLayout<'_, T>, r: &R) -> R::Part {
     match layout {
         HostLayout::Dense { data, outer, channels, inner } if channels > 1 && inner == 1 => {
-            reduce_rows(data, outer, channels, r)
+            match r.column_block(channels) {
+                Some(block) if block < channels => reduce_columns(data, outer, channels, block, r),
+                _ => reduce_rows(data, outer, channels, r),
+            }
         }
         HostLayout::Dense { data, outer, channels, inner } => {
             let per_channel = outer * inner;
@@ -161,6 +172,49 @@ fn reduce_rows<T: Element, R: Reducer>(data: &[T], outer: usize, channels: usize
         })
         .collect();
     merge_all(r, parts).unwrap_or_else(|| r.part(0, channels))
+}
+
+/// A dense slice of `outer` rows of `channels` values (channel axis innermost), walked by blocks
+/// of `block` channels: a task takes a block through a range of rows, copying (and widening)
+/// the block's columns of a few rows at a time into rows of `block` values.
+fn reduce_columns<T: Element, R: Reducer>(data: &[T], outer: usize, channels: usize, block: usize, r: &R) -> R::Part {
+    let blocks = channels.div_ceil(block);
+    // Row pieces per block: enough tasks to balance threads when there are few blocks, within the
+    // budget for the parts of all blocks together (every part is alive until the merge).
+    let k =
+        pieces(outer * block.min(channels), r.part_bytes(channels)).min(outer).min(MAX_PIECES.div_ceil(blocks)).max(1);
+    let rows_per = outer.div_ceil(k).max(1);
+    let tasks: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..k).map(move |p| (b, p))).collect();
+    let parts: Vec<R::Part> = tasks
+        .into_par_iter()
+        .map(|(b, p)| {
+            let (first, width) = (b * block, block.min(channels - b * block));
+            let mut part = r.part(first, width);
+            let rows = (p * rows_per).min(outer)..((p + 1) * rows_per).min(outer);
+            let per_copy = (WIDEN_BLOCK / width).max(1);
+            let mut buf = vec![0f32; per_copy * width];
+            let mut row = rows.start;
+            while row < rows.end {
+                let n = per_copy.min(rows.end - row);
+                for (i, dst) in buf.chunks_exact_mut(width).take(n).enumerate() {
+                    let start = (row + i) * channels + first;
+                    T::widen(&data[start..start + width], dst);
+                }
+                r.rows(&mut part, &buf[..n * width], width);
+                row += n;
+            }
+            part
+        })
+        .collect();
+    // Each block's pieces merged in order, then the blocks in channel order.
+    let mut parts = parts.into_iter();
+    let merged = (0..blocks)
+        .map(|b| {
+            let width = block.min(channels - b * block);
+            merge_all(r, parts.by_ref().take(k).collect()).unwrap_or_else(|| r.part(b * block, width))
+        })
+        .collect();
+    r.concat(merged)
 }
 
 /// A view that is not dense, all of it channel `c`: walked in logical order, in pieces along its
