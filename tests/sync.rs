@@ -1260,6 +1260,67 @@ mod processes {
             assert!(stderr(&o).contains("NCCL was asked for"), "{}", stderr(&o));
         }
     }
+
+    /// Two `--device cuda --is-sync-quantize` ranks (NCCL, one GPU each) give the qparams of two
+    /// CPU ranks (the TCP store) on the same shards, for every observer, and for KL with and
+    /// without `--sync-histograms`.
+    #[test]
+    fn nccl_with_two_cuda_processes_equals_two_cpu_processes() {
+        let Some(ordinals) = super::two_rank_ordinals() else { return };
+        if ordinals != [0, 1] {
+            return eprintln!("SKIPPED: two cuda ranks of the CLI need two GPUs (cuda:$LOCAL_RANK)");
+        }
+        let dir = scratch("nccl-vs-cpu");
+        let shards: Vec<Vec<PathBuf>> = (0..2)
+            .map(|r| {
+                (0..2)
+                    .map(|step| {
+                        let f = dir.join(format!("r{r}s{step}.npy"));
+                        let scale = 1.0 + r as f32 + 0.5 * step as f32;
+                        let values: Vec<f32> = random_values(3000 + 517 * r, 7 + 10 * r as u64 + step as u64)
+                            .iter()
+                            .map(|x| x * scale)
+                            .collect();
+                        write_npy(&f, &values);
+                        f
+                    })
+                    .collect()
+            })
+            .collect();
+        let configs: [(&str, &[&str]); 8] = [
+            ("min-max", &[]),
+            ("moving-average-min-max", &[]),
+            ("percentile", &["--bins", "512"]),
+            ("kl", &["--update-interval", "2"]),
+            ("kl", &["--update-interval", "1", "--sync-histograms"]),
+            ("kl", &["--update-interval", "2", "--sync-histograms"]),
+            ("mse", &[]),
+            ("mix", &[]),
+        ];
+        for (observer, extra) in configs {
+            let extra: Vec<&str> = extra.iter().copied().chain(["--is-sync-quantize"]).collect();
+            let on = |device: &str| -> Vec<serde_json::Value> {
+                let args: Vec<Vec<String>> = shards
+                    .iter()
+                    .map(|files| {
+                        let mut a = calibrate(observer, &extra, files);
+                        let at = a.iter().position(|x| x == "cpu").unwrap();
+                        a[at] = device.into();
+                        a
+                    })
+                    .collect();
+                run_ranks(&args, 60.0).iter().map(json).collect()
+            };
+            let (cpu, cuda) = (on("cpu"), on("cuda"));
+            for (rank, o) in cuda.iter().enumerate() {
+                assert_eq!(o["device"], format!("cuda:{rank}"), "{observer} {extra:?}");
+                for key in ["scale", "zero_point", "min_val", "max_val"] {
+                    assert_eq!(o[key], cpu[0][key], "{observer} {extra:?}: {key} of cuda rank {rank}");
+                    assert_eq!(cpu[rank][key], cpu[0][key], "{observer} {extra:?}: {key} of cpu rank {rank}");
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- NCCL
@@ -1373,6 +1434,32 @@ fn nccl_with_two_ranks_as_threads() {
     for (x, n, q) in results {
         assert_eq!((x, n), ([1.0, 0.0], [3]));
         assert_eq!(q, q_one);
+    }
+}
+
+#[test]
+fn nccl_with_two_ranks_u64_sums_are_exact_and_an_overflow_is_an_error_on_every_rank() {
+    let Some(ordinals) = two_rank_ordinals() else { return };
+    let groups = NcclGroup::threads(&ordinals, PATIENT).unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .enumerate()
+            .map(|(rank, g)| {
+                s.spawn(move || {
+                    let mut fits = [if rank == 0 { u64::MAX - 5 } else { 3 }, 1 << 40, rank as u64];
+                    g.all_reduce_u64(&mut fits, ReduceOp::Sum).unwrap();
+                    let mut overflows = [1, u64::MAX - rank as u64];
+                    let e = g.all_reduce_u64(&mut overflows, ReduceOp::Sum).unwrap_err().to_string();
+                    (fits, e)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (fits, e)) in results.into_iter().enumerate() {
+        assert_eq!(fits, [u64::MAX - 2, 1 << 41, 1], "rank {rank}");
+        assert!(e.contains("a u64 sum overflows (element 1)"), "rank {rank}: {e}");
     }
 }
 

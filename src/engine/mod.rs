@@ -14,10 +14,12 @@
 pub(crate) mod cpu;
 pub(crate) mod cuda;
 mod device;
+mod lazy;
 
 use std::sync::Arc;
 
 pub use device::Device;
+pub(crate) use lazy::LazyEngine;
 
 use crate::error::{Error, Result};
 use crate::input::Input;

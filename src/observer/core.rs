@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::arith;
 use crate::config::QuantConfig;
 use crate::dtype::QuantRange;
-use crate::engine::{Device, Engine, Extremes, Loaded};
+use crate::engine::{Extremes, LazyEngine, Loaded};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::observer::{ObserverKind, QParams};
@@ -40,7 +40,8 @@ pub(crate) struct Core {
     pub stats: RangeStats,
     /// Non-empty batches observed since the last reset.
     pub batches: u64,
-    pub engine: Engine,
+    /// `Device::Auto`'s engine until `set_device` (resolved on first use: see [`LazyEngine`]).
+    pub engine: LazyEngine,
     pub group: Arc<dyn ProcessGroup>,
 }
 
@@ -52,7 +53,7 @@ impl Core {
             range,
             stats: RangeStats::default(),
             batches: 0,
-            engine: Engine::new(Device::Auto)?,
+            engine: LazyEngine::auto(),
             group: Arc::new(SingleRank),
         })
     }

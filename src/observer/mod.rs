@@ -302,7 +302,7 @@ macro_rules! delegate_to_core {
         }
 
         fn set_device(&mut self, device: $crate::engine::Device) -> $crate::error::Result<()> {
-            self.core.engine = $crate::engine::Engine::new(device)?;
+            self.core.engine = $crate::engine::Engine::new(device)?.into();
             Ok(())
         }
 

@@ -316,7 +316,7 @@ fn reduce_on_device<T: NcclType + DeviceRepr>(
     };
     let mut buf = stream.clone_htod(data).map_err(|e| format!("upload: {e}"))?;
     comm.all_reduce_in_place(&mut buf, &op).map_err(|e| format!("ncclAllReduce: {}", nccl_error_text(&e)))?;
-    stream.clone_dtoh(&buf).map_err(|e| format!("download: {e}"))
+    crate::engine::cuda::read_back(stream, &buf).map_err(|e| format!("download: {e}"))
 }
 
 impl fmt::Debug for NcclGroup {
@@ -344,7 +344,26 @@ impl ProcessGroup for NcclGroup {
     }
 
     fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> Result<()> {
-        self.all_reduce(data, op, false, |v, reply| Job::U64(v, op, reply))
+        if op != ReduceOp::Sum {
+            return self.all_reduce(data, op, false, |v, reply| Job::U64(v, op, reply));
+        }
+        // NCCL's sum wraps at 2^64. Sum the high and the low 32-bit halves instead (neither sum
+        // can wrap with fewer than 2^32 ranks) and refuse a total that does not fit, as the CPU
+        // groups do: every rank sees the same sums, so every rank fails together.
+        let mut halves: Vec<u64> = data.iter().map(|&v| v >> 32).chain(data.iter().map(|&v| v & 0xffff_ffff)).collect();
+        self.all_reduce(&mut halves, op, false, |v, reply| Job::U64(v, op, reply))?;
+        let (high, low) = halves.split_at(data.len());
+        for (i, d) in data.iter_mut().enumerate() {
+            let total = (u128::from(high[i]) << 32) + u128::from(low[i]);
+            *d = u64::try_from(total).map_err(|_| {
+                Error::Sync(format!(
+                    "NCCL all-reduce on cuda:{}, rank {}: a u64 sum overflows (element {i})",
+                    self.ordinal,
+                    self.cpu.rank()
+                ))
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -2,20 +2,22 @@
 //! without a panic, and NCCL's errors as text.
 //!
 //! cudarc loads the CUDA driver and NCCL at their first use and panics when a library or a
-//! symbol is missing, so every call into them is preceded by `is_culib_present` probes and the
-//! whole probe runs under `catch_unwind` as a second net.
+//! symbol is missing: the CUDA side is the engine's probe ([`cuda_status`]), NCCL's library is
+//! looked for with `is_culib_present` before any call, and the whole probe runs under
+//! `catch_unwind` as a second net.
 
 use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use cudarc::driver::{CudaContext, sys as driver_sys};
 use cudarc::nccl::result::{NcclError, get_nccl_version};
 use cudarc::nccl::sys as nccl_sys;
 
+use crate::engine::cuda::{CudaStatus, cuda_status};
 use crate::error::{Error, Result};
 
-/// The CUDA driver version qcalib's bindings (cudarc's `cuda-13000`) need.
-pub const DRIVER_NEEDED: i32 = 13000;
+/// The CUDA driver version qcalib's bindings (cudarc's `cuda-13000`) need: the CUDA engine's
+/// [`MIN_DRIVER_VERSION`](crate::MIN_DRIVER_VERSION).
+pub const DRIVER_NEEDED: i32 = crate::engine::cuda::MIN_DRIVER_VERSION;
 
 /// What [`probe_nccl`] found on a machine where NCCL can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,36 +55,18 @@ pub fn probe_nccl(ordinal: usize) -> Result<NcclInfo> {
 }
 
 fn probe(ordinal: usize) -> Result<NcclInfo, String> {
-    // SAFETY: only dlopen()s each candidate library name and closes it again.
-    if !unsafe { driver_sys::is_culib_present() } {
-        return Err("the CUDA driver library (libcuda.so) was not found: this machine has no NVIDIA driver".into());
-    }
-    let mut driver_version: std::ffi::c_int = 0;
-    // SAFETY: the library is present; cuDriverGetVersion writes one int and needs no cuInit.
-    unsafe { driver_sys::cuDriverGetVersion(&mut driver_version) }
-        .result()
-        .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
-    if driver_version < DRIVER_NEEDED {
-        return Err(format!(
-            "the CUDA driver supports CUDA {}.{}, older than the {}.{} qcalib is built for",
-            driver_version / 1000,
-            driver_version % 1000 / 10,
-            DRIVER_NEEDED / 1000,
-            DRIVER_NEEDED % 1000 / 10
-        ));
-    }
-    let devices = match CudaContext::device_count() {
-        Ok(n) => usize::try_from(n).unwrap_or(0),
-        Err(e) if e.0 == driver_sys::CUresult::CUDA_ERROR_NO_DEVICE => 0,
-        Err(e) => return Err(format!("the CUDA driver failed to start: {e}")),
+    // The CUDA side is the engine's probe (run once per process, never panics).
+    let (devices, driver_version) = match cuda_status() {
+        CudaStatus::Ready { devices, driver_version, .. } => (devices, driver_version),
+        CudaStatus::NoDriver => {
+            return Err("the CUDA driver library (libcuda.so) was not found: this machine has no NVIDIA driver".into());
+        }
+        status => return Err(status.to_string()),
     };
-    if devices == 0 {
-        return Err("the CUDA driver sees no device".into());
-    }
     if ordinal >= devices {
         return Err(format!("there is no cuda:{ordinal}: this machine has {devices} CUDA device(s)"));
     }
-    // SAFETY: as above, for NCCL's candidate names.
+    // SAFETY: only dlopen()s each candidate library name and closes it again.
     if !unsafe { nccl_sys::is_culib_present() } {
         return Err("libnccl.so was not found on the library path (cudarc looks for libnccl.so, not libnccl.so.2: \
              `source scripts/nccl-env.sh` links a Python venv's libnccl.so.2 as libnccl.so)"

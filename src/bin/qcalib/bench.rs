@@ -33,6 +33,18 @@ impl Case {
     }
 }
 
+/// The warning that timings mean nothing, when `device` is softgpu (the PTX interpreter that runs
+/// qcalib's CUDA path in the tests, see `scripts/softgpu-env.sh`).
+pub(crate) fn softgpu_warning(device: Device) -> Option<String> {
+    let status = qcalib::cuda_status();
+    (matches!(device, Device::Cuda(_)) && status.is_softgpu()).then(|| {
+        format!(
+            "note: {device} is softgpu, the PTX interpreter of qcalib's tests ({status}): its results are checked in \
+             software, its timings say nothing about a GPU"
+        )
+    })
+}
+
 /// The device the observers will run on (`auto` resolved).
 fn resolve(device: Device) -> Result<Device, String> {
     let mut probe = ObserverSpec::new(ObserverKind::MinMax).build().map_err(|e| e.to_string())?;
@@ -193,6 +205,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<(), crate::
         let variant = format!("per-channel ({CHANNELS} ch), 2048 bins, qint8");
         cases.push(Case { observer: "kl-search", variant, seconds, searched_bytes: None });
     }
+    let warning = softgpu_warning(device);
     let device = device.to_string();
 
     match args.format {
@@ -207,6 +220,9 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<(), crate::
                 .collect();
             let v = json!({"device": device, "elements": n, "bandwidth_gbps": bandwidth_gbps, "results": results});
             writeln!(out, "{v}")?;
+            if let Some(warning) = &warning {
+                eprintln!("{warning}");
+            }
         }
         Format::Table => {
             writeln!(
@@ -216,6 +232,9 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<(), crate::
                 rayon::current_num_threads(),
                 args.runs
             )?;
+            if let Some(warning) = &warning {
+                writeln!(out, "{warning}")?;
+            }
             if on_device.is_some() {
                 writeln!(
                     out,

@@ -24,6 +24,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn std::io::Write) -> Result<(), crate::o
         "observer", "tensor", "scale", "clip range", "SQNR dB", "time"
     )?;
     let mut device = String::new();
+    let mut warning = None;
     for dist in Distribution::ALL {
         // Activations come in batches; the weight is one tensor, per channel on its rows.
         let (batches, per_channel) = match dist {
@@ -64,6 +65,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn std::io::Write) -> Result<(), crate::o
             obs.set_device(args.device).map_err(|e| e.to_string())?;
             if args.device == Device::Auto || device.is_empty() {
                 device = obs.device().to_string();
+                warning = crate::bench::softgpu_warning(obs.device());
             }
             let start = Instant::now();
             for b in &batches {
@@ -89,6 +91,9 @@ pub fn run(args: &DemoArgs, out: &mut dyn std::io::Write) -> Result<(), crate::o
         }
     }
     writeln!(out, "device: {device}; SQNR = 10 log10(sum x^2 / sum (x - fake_quant(x))^2) over all batches")?;
+    if let Some(warning) = warning {
+        writeln!(out, "{warning}")?;
+    }
     Ok(())
 }
 

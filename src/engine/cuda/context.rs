@@ -8,7 +8,7 @@ use cudarc::driver::{CudaContext, CudaStream, sys};
 use cudarc::nvrtc::Ptx;
 
 use super::error::GpuError;
-use super::launch::{Kernel, KernelSpec};
+use super::launch::{Kernel, KernelSpec, Launch};
 use super::{extremes, fake_quant, histogram, kl, percentile, ptx};
 
 /// Every kernel the launchers use.
@@ -55,5 +55,11 @@ impl Gpu {
     /// The kernel `name`.
     pub(crate) fn kernel(&self, name: &str) -> Result<&Kernel, GpuError> {
         self.kernels.get(name).ok_or_else(|| GpuError::Internal(format!("kernel {name} is not loaded")))
+    }
+
+    /// A launch of kernel `name` on `stream`: push its arguments, then
+    /// [`launch`](Launch::launch) it.
+    pub(crate) fn launch<'a>(&'a self, stream: &'a CudaStream, name: &str) -> Result<Launch<'a>, GpuError> {
+        Ok(Launch::new(stream, self.kernel(name)?))
     }
 }

@@ -5,7 +5,8 @@ use cudarc::driver::CudaView;
 use super::batch::{ChannelLayout, DeviceBatch, with_device_buf};
 use super::context::Gpu;
 use super::error::GpuError;
-use super::launch::{BLOCK_THREADS, KernelSpec, Launch, MAX_GRID_X, MAX_GRID_YZ, Param, inner_magic, split};
+use super::launch::{BLOCK_THREADS, KernelSpec, MAX_GRID_X, MAX_GRID_YZ, Param, inner_magic, split};
+use super::read_back::read_back;
 use crate::engine::Extremes;
 
 use Param::{Ptr, U32, U64};
@@ -38,7 +39,7 @@ pub(crate) fn extremes(gpu: &Gpu, x: &DeviceBatch<'_>, layout: ChannelLayout) ->
         let view = buf.view().ok_or_else(|| GpuError::Internal("empty device view".into()))?;
         launch(gpu, stream, &view, dtype, layout, &mut out)?;
     });
-    Ok(decode(&stream.clone_dtoh(&out)?, c as usize))
+    Ok(decode(&read_back(stream, &out)?, c as usize))
 }
 
 /// The extremes of `c` channels from the words the kernels leave (see `kernels/extremes.cu`).
@@ -66,8 +67,8 @@ fn launch<T>(
         let rows_per_step = u64::from(BLOCK_THREADS) / tile;
         let tiles = c.div_ceil(tile);
         let row_splits = (outer.div_ceil(rows_per_step * 64)).clamp(1, MAX_GRID_YZ);
-        let kernel = gpu.kernel(COLS[dtype])?;
-        return Launch::new(stream, kernel)
+        return gpu
+            .launch(stream, COLS[dtype])?
             .view(x)
             .u64(&outer)
             .u64(&c)
@@ -79,8 +80,7 @@ fn launch<T>(
     }
     let (per_split, splits) = rows_split(l, ELEMS_PER_BLOCK, MAX_GRID_YZ)?;
     let magic = inner_magic(inner);
-    let kernel = gpu.kernel(ROWS[dtype])?;
-    Launch::new(stream, kernel)
+    gpu.launch(stream, ROWS[dtype])?
         .view(x)
         .u64(&outer)
         .u64(&c)

@@ -7,7 +7,8 @@ use super::batch::{ChannelLayout, DeviceBatch, with_device_buf};
 use super::context::Gpu;
 use super::error::GpuError;
 use super::extremes::rows_split;
-use super::launch::{BLOCK_THREADS, KernelSpec, Launch, MAX_GRID_X, MAX_GRID_YZ, Param, inner_magic, split};
+use super::launch::{BLOCK_THREADS, KernelSpec, MAX_GRID_X, MAX_GRID_YZ, Param, inner_magic, split};
+use super::read_back::read_back;
 
 use Param::{F32, Ptr, U32, U64};
 
@@ -71,18 +72,17 @@ pub(crate) fn fake_quant_errors(
         launch(gpu, stream, &view, dtype, layout, &plan, (&scales_dev, &inv_dev), k64, groups, (qmin, qmax), &mut partial)?;
     });
     if plan.splits == 1 {
-        return Ok(stream.clone_dtoh(&partial)?);
+        return Ok(read_back(stream, &partial)?);
     }
     let mut out = stream.alloc_zeros::<f64>(count as usize)?;
-    let kernel = gpu.kernel(SUM_SPLITS)?;
     let blocks = count.div_ceil(u64::from(BLOCK_THREADS));
-    Launch::new(stream, kernel)
+    gpu.launch(stream, SUM_SPLITS)?
         .slice(&partial)
         .u64(&plan.splits)
         .u64(&count)
         .slice_mut(&mut out)
         .launch((blocks, 1, 1), 0)?;
-    Ok(stream.clone_dtoh(&out)?)
+    Ok(read_back(stream, &out)?)
 }
 
 fn too_large(count: u64) -> GpuError {
@@ -132,8 +132,8 @@ fn launch<T>(
     let (outer, c, inner) = (l.outer, l.channels, l.inner);
     if plan.columns {
         let tiles = c.div_ceil(c.min(u64::from(BLOCK_THREADS)));
-        let kernel = gpu.kernel(COLS[dtype])?;
-        return Launch::new(stream, kernel)
+        return gpu
+            .launch(stream, COLS[dtype])?
             .view(x)
             .u64(&outer)
             .u64(&c)
@@ -146,8 +146,7 @@ fn launch<T>(
             .launch((tiles, plan.splits, groups), 0);
     }
     let magic = inner_magic(inner);
-    let kernel = gpu.kernel(ROWS[dtype])?;
-    Launch::new(stream, kernel)
+    gpu.launch(stream, ROWS[dtype])?
         .view(x)
         .u64(&outer)
         .u64(&c)

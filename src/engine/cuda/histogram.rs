@@ -6,7 +6,8 @@ use super::batch::{DeviceBatch, with_device_buf};
 use super::context::Gpu;
 use super::error::GpuError;
 use super::extremes::decode;
-use super::launch::{BLOCK_THREADS, KernelSpec, Launch, MAX_GRID_X, Param};
+use super::launch::{BLOCK_THREADS, KernelSpec, MAX_GRID_X, Param};
+use super::read_back::read_back;
 use crate::engine::Extremes;
 
 use Param::{F32, F64, Ptr, U32, U64};
@@ -78,10 +79,9 @@ pub(crate) fn extremes_and_abs_histogram(
     with_device_buf!(&x.data, buf, dtype => {
         let view = buf.view().ok_or_else(|| GpuError::Internal("empty device view".into()))?;
         let (blocks, inv_hi) = plan(gpu, view.len() as u64, hi)?;
-        let kernel = gpu.kernel(WITH_EXTREMES[dtype])?;
         let n = view.len() as u64;
         let bins = bins as u32;
-        Launch::new(stream, kernel)
+        gpu.launch(stream, WITH_EXTREMES[dtype])?
             .view(&view)
             .u64(&n)
             .u32(&bins)
@@ -91,8 +91,8 @@ pub(crate) fn extremes_and_abs_histogram(
             .slice_mut(&mut ext)
             .launch((blocks, 1, 1), bins * 4)?;
     });
-    let extremes = decode(&stream.clone_dtoh(&ext)?, 1);
-    Ok(Some((extremes, stream.clone_dtoh(&hist)?)))
+    let extremes = decode(&read_back(stream, &ext)?, 1);
+    Ok(Some((extremes, read_back(stream, &hist)?)))
 }
 
 /// The grid of a histogram kernel over `n` values, and `f64(1 / hi)` (the kernels' division,
@@ -120,8 +120,7 @@ fn launch<T>(
     let (blocks, inv_hi) = plan(gpu, n, hi)?;
     let (name, shared) =
         if (bins as usize) <= MAX_SHARED_BINS { (SHARED[dtype], bins * 4) } else { (GLOBAL[dtype], 0) };
-    let kernel = gpu.kernel(name)?;
-    Launch::new(stream, kernel)
+    gpu.launch(stream, name)?
         .view(x)
         .u64(&n)
         .u32(&bins)

@@ -3,7 +3,8 @@
 
 use super::context::Gpu;
 use super::error::GpuError;
-use super::launch::{KernelSpec, Launch, MAX_GRID_X, Param};
+use super::launch::{KernelSpec, MAX_GRID_X, Param};
+use super::read_back::read_back;
 use crate::search::kl::{EDGE_OFFSET, START_BIN, WINDOW};
 
 use Param::{Ptr, U64};
@@ -22,9 +23,11 @@ pub(crate) const KERNELS: &[KernelSpec] = &[
 /// [`crate::search::kl::threshold_index`] on the GPU: the index into the edges, `k* + 132`, or
 /// `None` when no window sum is finite.
 pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option<usize>, GpuError> {
-    // The cases without a search, exactly as the CPU's: too few bins for a window, or no counts.
+    // The cases without a search, exactly as the CPU's: too few bins for a window (SPEC §4: the
+    // `len - 127` divergences must hold one window of 9 and the two left out after it), or no
+    // counts.
     let len = hist.len();
-    if len < START_BIN + WINDOW + 2 {
+    if len < START_BIN + WINDOW + 1 {
         return Ok(None);
     }
     let total = hist[1..].iter().try_fold(hist[1], |t, &h| t.checked_add(h));
@@ -42,7 +45,7 @@ pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option
     let mut nonzero = stream.alloc_zeros::<u64>(len + 1)?;
     let mut hlnh = stream.alloc_zeros::<f64>(len + 1)?;
     let mut hlnh_err = stream.alloc_zeros::<f64>(len + 1)?;
-    Launch::new(stream, gpu.kernel(PREFIX)?)
+    gpu.launch(stream, PREFIX)?
         .slice(&h)
         .u64(&l)
         .slice_mut(&mut count)
@@ -51,7 +54,7 @@ pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option
         .slice_mut(&mut hlnh_err)
         .launch((1, 1, 1), 0)?;
     let mut div = stream.alloc_zeros::<f64>(candidates as usize)?;
-    Launch::new(stream, gpu.kernel(DIVERGENCES)?)
+    gpu.launch(stream, DIVERGENCES)?
         .slice(&h)
         .u64(&l)
         .u64(&nq)
@@ -62,11 +65,7 @@ pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option
         .slice_mut(&mut div)
         .launch((candidates, 1, 1), 0)?;
     let mut best = stream.alloc_zeros::<i64>(1)?;
-    Launch::new(stream, gpu.kernel(BEST_WINDOW)?)
-        .slice(&div)
-        .u64(&candidates)
-        .slice_mut(&mut best)
-        .launch((1, 1, 1), 0)?;
-    let best = stream.clone_dtoh(&best)?;
+    gpu.launch(stream, BEST_WINDOW)?.slice(&div).u64(&candidates).slice_mut(&mut best).launch((1, 1, 1), 0)?;
+    let best = read_back(stream, &best)?;
     Ok(best.first().and_then(|&k| usize::try_from(k).ok()).map(|k| k + EDGE_OFFSET))
 }

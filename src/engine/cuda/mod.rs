@@ -21,6 +21,7 @@ mod launch;
 mod percentile;
 mod probe;
 mod ptx;
+mod read_back;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +34,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 pub use probe::{CudaStatus, MIN_DRIVER_VERSION, cuda_status};
+pub(crate) use read_back::read_back;
 
 use self::batch::{DeviceBatch, DeviceBuf, DeviceData};
 use self::context::Gpu;
@@ -101,7 +103,7 @@ pub(crate) fn copy_to_host(x: &CudaTensorView<'_>) -> Result<OwnedTensor> {
             Vec::new()
         } else {
             let stream = cudarc::driver::DeviceSlice::stream(v);
-            catch_unwind(AssertUnwindSafe(|| stream.clone_dtoh(v)))
+            catch_unwind(AssertUnwindSafe(|| read_back(stream, v)))
                 .map_err(|_| Error::Device("copying a device tensor to the host: cudarc panicked".into()))?
                 .map_err(|e| Error::Device(format!("copying a device tensor to the host failed: {}", describe(&e))))?
         };
@@ -203,7 +205,7 @@ impl CudaEngine {
     pub(crate) fn abs_histogram(&self, x: &DeviceBatch<'_>, bins: usize, hi: f32) -> Result<Vec<u64>> {
         self.run("the histogram kernel", |gpu| {
             let hist = histogram::abs_histogram_on_device(gpu, x, bins, hi)?;
-            Ok(x.stream().clone_dtoh(&hist)?)
+            Ok(read_back(x.stream(), &hist)?)
         })
     }
 

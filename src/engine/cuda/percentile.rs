@@ -7,7 +7,8 @@ use super::batch::DeviceBatch;
 use super::context::Gpu;
 use super::error::GpuError;
 use super::histogram::abs_histogram_on_device;
-use super::launch::{KernelSpec, Launch, Param};
+use super::launch::{KernelSpec, Param};
+use super::read_back::read_back;
 
 use Param::{Ptr, U32};
 
@@ -36,15 +37,14 @@ pub(crate) fn percentile_bins(
         let t = stream.clone_htod(chunk)?;
         let mut out: CudaSlice<u32> = stream.alloc_zeros(chunk.len())?;
         let (nbins, ntargets) = (bins as u32, chunk.len() as u32);
-        let kernel = gpu.kernel(FIRST_BINS)?;
-        Launch::new(stream, kernel)
+        gpu.launch(stream, FIRST_BINS)?
             .slice(&hist)
             .u32(&nbins)
             .slice(&t)
             .u32(&ntargets)
             .slice_mut(&mut out)
             .launch((1, 1, 1), 0)?;
-        first.extend(stream.clone_dtoh(&out)?.into_iter().map(|b| b as usize));
+        first.extend(read_back(stream, &out)?.into_iter().map(|b| b as usize));
     }
     Ok(first)
 }

@@ -7,7 +7,7 @@ use std::ffi::c_int;
 use std::fmt;
 use std::sync::OnceLock;
 
-use cudarc::driver::{CudaContext, sys};
+use cudarc::driver::{CudaContext, result, sys};
 
 /// The oldest driver the engine runs on: cudarc's bindings are CUDA 13.0's, and nvcc 13.0's PTX
 /// (ISA 9.0) needs a 13.0 driver.
@@ -35,7 +35,29 @@ pub enum CudaStatus {
         devices: usize,
         /// The driver's CUDA version, e.g. `13000` for 13.0.
         driver_version: i32,
+        /// The name of GPU 0, e.g. `NVIDIA H100 80GB HBM3`; `softgpu (PTX interpreter)` for the
+        /// software GPU of qcalib's tests (see [`CudaStatus::is_softgpu`]).
+        name: String,
     },
+}
+
+/// The start of the device name of softgpu, the software GPU of qcalib's tests
+/// (`tests/softgpu`, `scripts/softgpu-env.sh`).
+const SOFTGPU_NAME_PREFIX: &str = "softgpu";
+
+impl CudaStatus {
+    /// Whether the "GPU" is softgpu, the PTX interpreter of qcalib's tests: results are checked
+    /// in software, timings say nothing about a GPU.
+    ///
+    /// ```
+    /// let status = qcalib::cuda_status();
+    /// if status.is_softgpu() {
+    ///     println!("{status}: timings mean nothing here");
+    /// }
+    /// ```
+    pub fn is_softgpu(&self) -> bool {
+        matches!(self, CudaStatus::Ready { name, .. } if name.starts_with(SOFTGPU_NAME_PREFIX))
+    }
 }
 
 impl fmt::Display for CudaStatus {
@@ -51,8 +73,8 @@ impl fmt::Display for CudaStatus {
             ),
             CudaStatus::NoDevice => f.write_str("the CUDA driver sees no GPU"),
             CudaStatus::Failed(m) => write!(f, "the CUDA driver failed: {m}"),
-            CudaStatus::Ready { devices, driver_version } => {
-                write!(f, "{devices} GPU(s), CUDA driver {}", version(*driver_version))
+            CudaStatus::Ready { devices, driver_version, name } => {
+                write!(f, "{devices} GPU(s) ({name}), CUDA driver {}", version(*driver_version))
             }
         }
     }
@@ -88,8 +110,15 @@ fn probe() -> CudaStatus {
     if version < MIN_DRIVER_VERSION {
         return CudaStatus::DriverTooOld { found: version, needed: MIN_DRIVER_VERSION };
     }
+    // No context is made here (a context retained on GPU 0 costs memory and time there).
+    let name = |n| {
+        result::device::get(0)
+            .and_then(result::device::get_name)
+            .map(|name| CudaStatus::Ready { devices: n as usize, driver_version: version, name })
+            .unwrap_or_else(|e| CudaStatus::Failed(super::error::describe(&e)))
+    };
     match CudaContext::device_count() {
-        Ok(n) if n > 0 => CudaStatus::Ready { devices: n as usize, driver_version: version },
+        Ok(n) if n > 0 => name(n),
         Ok(_) => CudaStatus::NoDevice,
         Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE => CudaStatus::NoDevice,
         Err(e) => CudaStatus::Failed(super::error::describe(&e)),
