@@ -4,6 +4,8 @@
 //! size: the file is memory-mapped, not read and then copied).
 #![cfg(all(feature = "cli", target_os = "linux"))]
 
+mod common;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -13,10 +15,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_qcalib");
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qcalib-cli-input-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("cli-input", test)
 }
 
 /// What a finished `qcalib` run gave: exit status, stderr, wall time and peak resident memory.
@@ -81,15 +80,7 @@ fn refused(file: &Path, needle: &str) {
 }
 
 fn npy_prefix(shape: &str, header_len: Option<u16>) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend(header_len.unwrap_or(header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes
+    common::npy_with_header(&common::npy_header("<f4", shape), header_len, &[])
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! never touches the state (corrupt files, NaN batches, shape changes, a kill mid-run).
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,29 +20,15 @@ fn stderr(o: &Output) -> String {
 
 /// A fresh directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qcalib-cli-state-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("cli-state", test)
 }
 
 fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}), }}", dims.join(" "));
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(data);
-    bytes
+    common::npy_bytes(descr, &common::shape_text(shape), data)
 }
 
 fn write_npy(path: &Path, shape: &[usize], values: &[f32]) {
-    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, npy_bytes("<f4", shape, &data)).unwrap();
+    common::write_npy_f32(path, shape, values);
 }
 
 /// `n` values of batch `b`: a smooth wave with a few outliers, its amplitude growing with `b`.

@@ -3,6 +3,8 @@
 //! temporaries of killed runs are removed.
 #![cfg(all(feature = "cli", unix))]
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,23 +15,11 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_qcalib");
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qcalib-cli-lock-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("cli-lock", test)
 }
 
 fn write_npy(path: &Path, shape: (usize, usize), values: &[f32]) {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", shape.0, shape.1);
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).unwrap();
+    common::write_npy_f32(path, &[shape.0, shape.1], values);
 }
 
 /// `count` batches of `per` values in `dir`, each different.

@@ -10,6 +10,8 @@
 //! `QCALIB_REQUIRE_NUMPY` is set (as `.ci/run` does), where it fails.
 #![cfg(feature = "io")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -95,10 +97,7 @@ fn numpy_python() -> Option<Command> {
 }
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qcalib-npy-numpy-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("npy-numpy", test)
 }
 
 /// Has numpy write and judge `cases` (and, with `save`, arrays of its own) in `dir`; gives

@@ -312,11 +312,7 @@ mod files {
     }
 
     fn npy(header: &str, data: &[u8]) -> Vec<u8> {
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        bytes.extend((header.len() as u16).to_le_bytes());
-        bytes.extend(header.as_bytes());
-        bytes.extend(data);
-        bytes
+        super::common::npy_with_header(header, None, data)
     }
 
     fn refused(name: &str, bytes: &[u8], needle: &str) {

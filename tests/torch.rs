@@ -52,29 +52,16 @@ fn free_port() -> u16 {
 }
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qcalib-torch-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("torch", test)
 }
 
 /// The magic, version, length and header of a `.npy` file of `len` f32 values.
 fn npy_prefix(len: usize) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({len},), }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes
+    common::npy_bytes("<f4", &common::shape_text(&[len]), &[])
 }
 
 fn write_npy(path: &Path, values: &[f32]) {
-    let mut bytes = npy_prefix(values.len());
-    bytes.extend(values.iter().flat_map(|x| x.to_le_bytes()));
-    std::fs::write(path, bytes).unwrap();
+    common::write_npy_f32(path, &[values.len()], values);
 }
 
 /// A batch of 128 MB of zeros (a sparse file): long enough to observe that a rank can be killed
@@ -539,4 +526,21 @@ fn a_rank_that_fails_under_torchrun_ends_the_job_and_is_named() {
     let text = stderr(&o);
     assert!(text.contains(": 1 (local_rank: 1)") && text.contains("exitcode"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+}
+
+#[test]
+fn torchrun_prints_the_error_a_rank_wrote_to_its_error_file() {
+    if !have_torch("torchrun_prints_the_error_a_rank_wrote_to_its_error_file") {
+        return;
+    }
+    let dir = scratch("torchrun-error-file");
+    shards(&dir, 2, 1);
+    // Rank 1 names a file that does not exist: qcalib writes its error to TORCHELASTIC_ERROR_FILE
+    // and torchrun shows it in its summary instead of "To enable traceback see: …".
+    let worker = r#"if [ "$RANK" = 1 ]; then f=no-such-batch.npy; else f=shard0/b0.npy; fi; exec "$QCALIB" calibrate --observer min-max --is-sync-quantize --device cpu "$f""#;
+    let o = torchrun(&dir, &["--standalone", "--nproc-per-node", "2"], worker);
+    assert!(!o.status.success());
+    let text = stderr(&o);
+    assert!(text.contains("qcalib: error:") && text.contains("no-such-batch.npy"), "{text}");
+    assert!(!text.contains("To enable traceback see"), "{text}");
 }

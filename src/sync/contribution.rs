@@ -482,14 +482,40 @@ fn combine_contributions(seq: u64, ranks: &[&Contribution], mine: &Contribution)
 
 /// A bucket reduced with the plain all-reduces of `group` (for groups that have only those, as
 /// NCCL): one MAX that agrees on the lengths and carries each rank's verdict on its own values,
-/// then one MIN of every `mins`, one MAX of every `maxs`, and one SUM of every `sums` together
-/// with every rank's `checks` and `gathered` words in its own slots. Five collectives at most,
-/// whatever the number of contributions.
+/// then one MAX of every `mins` negated together with every `maxs`, and one SUM of every `sums`
+/// together with every rank's `checks` and `gathered` words in its own slots. Three collectives
+/// at most, whatever the number of contributions.
 pub(crate) fn reduce_with_all_reduces<G: super::ProcessGroup + ?Sized>(
     group: &G,
     parts: &[Contribution],
 ) -> Result<Vec<Reduced>> {
-    let (rank, world) = (group.rank(), group.world_size());
+    let collectives = PlainCollectives {
+        header_max: &|h| group.all_reduce_u64(h, ReduceOp::Max),
+        extremes_max: &|e| group.all_reduce_f32(e, ReduceOp::Max),
+        words_sum: &|w| group.all_reduce_u64(w, ReduceOp::Sum),
+    };
+    reduce_with(group.rank(), group.world_size(), parts, &collectives)
+}
+
+/// The three collectives of [`reduce_with`], in the order it runs them; every rank runs the
+/// same ones with arrays of the same lengths (once the first has agreed on them).
+pub(crate) struct PlainCollectives<'a> {
+    /// The elementwise MAX of the header (lengths and verdicts): it also finds every rank here.
+    pub header_max: &'a dyn Fn(&mut [u64]) -> Result<()>,
+    /// The elementwise MAX of the negated minimums and the maximums.
+    pub extremes_max: &'a dyn Fn(&mut [f32]) -> Result<()>,
+    /// The elementwise SUM of the words (sums, checks and gathered words); beyond `u64::MAX` is
+    /// an error.
+    pub words_sum: &'a dyn Fn(&mut [u64]) -> Result<()>,
+}
+
+/// [`reduce_with_all_reduces`] with the three collectives given: rank `rank` of `world`.
+pub(crate) fn reduce_with(
+    rank: usize,
+    world: usize,
+    parts: &[Contribution],
+    collectives: &PlainCollectives<'_>,
+) -> Result<Vec<Reduced>> {
     // 1. The lengths (as one hash and its complement) and each rank's verdict on its values.
     let layout = fnv1a(parts.iter().flat_map(|p| p.lengths().0).flat_map(|l| (l as u64).to_le_bytes()));
     let own = parts.iter().enumerate().find_map(|(i, p)| p.check_values().err().map(|why| (i, why)));
@@ -499,7 +525,7 @@ pub(crate) fn reduce_with_all_reduces<G: super::ProcessGroup + ?Sized>(
     if own.is_some() {
         header[2 + rank] = 1;
     }
-    group.all_reduce_u64(&mut header, ReduceOp::Max)?;
+    (collectives.header_max)(&mut header)?;
     if header[0] != !header[1] {
         return Err(Error::Sync(
             "the ranks reduced buckets of different lengths; every rank must run the same observers with the same \
@@ -515,9 +541,14 @@ pub(crate) fn reduce_with_all_reduces<G: super::ProcessGroup + ?Sized>(
         return Err(Error::Sync(format!("{} sent invalid values (see the error there)", name_ranks(&bad))));
     }
 
-    // 2. The values.
-    let mut mins: Vec<f32> = parts.iter().flat_map(|p| p.mins.iter().copied()).collect();
-    let mut maxs: Vec<f32> = parts.iter().flat_map(|p| p.maxs.iter().copied()).collect();
+    // 2. The values: the minimums negated next to the maximums, in one `Max` (negation is exact
+    // and maps a rank's `+inf`, nothing, to `-inf`, nothing again), then the words in one `Sum`.
+    let n_mins: usize = parts.iter().map(|p| p.mins.len()).sum();
+    let mut extremes: Vec<f32> = parts
+        .iter()
+        .flat_map(|p| p.mins.iter().map(|&v| -v))
+        .chain(parts.iter().flat_map(|p| p.maxs.iter().copied()))
+        .collect();
     let n_sums: usize = parts.iter().map(|p| p.sums.len()).sum();
     let per_rank: usize = parts.iter().map(|p| p.checks.len() + p.gathered.len()).sum();
     let mut words = vec![0u64; n_sums + world * per_rank];
@@ -533,14 +564,13 @@ pub(crate) fn reduce_with_all_reduces<G: super::ProcessGroup + ?Sized>(
             slot += 1;
         }
     }
-    if !mins.is_empty() {
-        group.all_reduce_f32(&mut mins, ReduceOp::Min)?;
+    if !extremes.is_empty() {
+        (collectives.extremes_max)(&mut extremes)?;
     }
-    if !maxs.is_empty() {
-        group.all_reduce_f32(&mut maxs, ReduceOp::Max)?;
-    }
+    let (negated_mins, maxs) = extremes.split_at(n_mins);
+    let mins: Vec<f32> = negated_mins.iter().map(|&v| -v).collect();
     if !words.is_empty() {
-        group.all_reduce_u64(&mut words, ReduceOp::Sum)?;
+        (collectives.words_sum)(&mut words)?;
     }
 
     // 3. Each contribution's slice.

@@ -89,9 +89,11 @@ pub trait ProcessGroup: Send + Sync + Debug {
     /// it.
     ///
     /// The CPU groups exchange the whole bucket at once (one collective); the default, for
-    /// groups with only the plain all-reduces (NCCL), runs at most five of them whatever the
-    /// number of parts: one to agree on the lengths and on each rank's verdict on its own
-    /// values, then one per reduction over all parts' arrays packed together.
+    /// groups with only the plain all-reduces, runs at most three of them whatever the number of
+    /// parts: one to agree on the lengths and on each rank's verdict on its own values, then one
+    /// MAX of the minimums (negated) and maximums, and one SUM of the rest, all parts' arrays
+    /// packed together. NCCL's group runs the first on its CPU group and the other two on the
+    /// GPUs.
     fn all_reduce_bucket(&self, parts: &[Contribution]) -> Result<Vec<Reduced>> {
         contribution::reduce_with_all_reduces(self, parts)
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use cudarc::driver::{CudaContext, CudaStream, DeviceRepr};
 use cudarc::nccl::{Comm, Id, NcclType};
 
-use super::contribution::{CollectiveShape, name_ranks};
+use super::contribution::{CollectiveShape, Contribution, PlainCollectives, Reduced, name_ranks, reduce_with};
 use super::nccl_probe::{NcclInfo, nccl_error_text, probe_nccl};
 use super::thread::ThreadGroup;
 use super::{ProcessGroup, ReduceOp};
@@ -180,20 +180,23 @@ impl NcclGroup {
         self.ordinal
     }
 
-    /// One collective: agree on it through the CPU group, then all-reduce on the GPU.
+    /// One collective: agree on it through the CPU group (unless the caller has: `agreed`), then
+    /// all-reduce on the GPU.
     fn all_reduce<T: Copy>(
         &self,
         data: &mut [T],
         op: ReduceOp,
         floats: bool,
+        agreed: bool,
         job: impl FnOnce(Vec<T>, mpsc::Sender<Result<Vec<T>, String>>) -> Job,
     ) -> Result<()> {
         let mut state = self.lock();
         if let Some(why) = &state.broken {
-            return Err(Error::Sync(format!("the NCCL group is broken by an earlier failure: {why}")));
+            return Err(broken(why));
         }
         let seq = state.completed;
-        let result = self.agree(seq, CollectiveShape { floats, op, len: data.len() }).and_then(|()| {
+        let agree = || if agreed { Ok(()) } else { self.agree(seq, CollectiveShape { floats, op, len: data.len() }) };
+        let result = agree().and_then(|()| {
             if data.is_empty() {
                 return Ok(());
             }
@@ -243,6 +246,11 @@ impl NcclGroup {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The error of a collective on a group that an earlier failure broke.
+fn broken(why: &str) -> Error {
+    Error::Sync(format!("the NCCL group is broken by an earlier failure: {why}"))
 }
 
 /// Rank 0's unique id (cudarc panics if a symbol is missing: caught).
@@ -340,18 +348,44 @@ impl ProcessGroup for NcclGroup {
     }
 
     fn all_reduce_f32(&self, data: &mut [f32], op: ReduceOp) -> Result<()> {
-        self.all_reduce(data, op, true, |v, reply| Job::F32(v, op, reply))
+        self.all_reduce(data, op, true, false, |v, reply| Job::F32(v, op, reply))
     }
 
     fn all_reduce_u64(&self, data: &mut [u64], op: ReduceOp) -> Result<()> {
+        self.all_reduce_u64_on_device(data, op, false)
+    }
+
+    /// One collective on the CPU group (the lengths, each rank's verdict on its values, and that
+    /// every rank is here), then two NCCL all-reduces that need no agreement of their own: the
+    /// minimums and maximums, and the sums with the gathered words. One round trip through the
+    /// store per bucket instead of one per collective.
+    fn all_reduce_bucket(&self, parts: &[Contribution]) -> Result<Vec<Reduced>> {
+        // A broken group fails before the collective on the CPU group, as a plain all-reduce does.
+        if let Some(why) = &self.lock().broken {
+            return Err(broken(why));
+        }
+        let collectives = PlainCollectives {
+            header_max: &|h| self.cpu.all_reduce_u64(h, ReduceOp::Max),
+            extremes_max: &|e| {
+                self.all_reduce(e, ReduceOp::Max, true, true, |v, reply| Job::F32(v, ReduceOp::Max, reply))
+            },
+            words_sum: &|w| self.all_reduce_u64_on_device(w, ReduceOp::Sum, true),
+        };
+        reduce_with(self.rank(), self.world_size(), parts, &collectives)
+    }
+}
+
+impl NcclGroup {
+    /// [`ProcessGroup::all_reduce_u64`] on the GPU; `agreed` as in [`NcclGroup::all_reduce`].
+    fn all_reduce_u64_on_device(&self, data: &mut [u64], op: ReduceOp, agreed: bool) -> Result<()> {
         if op != ReduceOp::Sum {
-            return self.all_reduce(data, op, false, |v, reply| Job::U64(v, op, reply));
+            return self.all_reduce(data, op, false, agreed, |v, reply| Job::U64(v, op, reply));
         }
         // NCCL's sum wraps at 2^64. Sum the high and the low 32-bit halves instead (neither sum
         // can wrap with fewer than 2^32 ranks) and refuse a total that does not fit, as the CPU
         // groups do: every rank sees the same sums, so every rank fails together.
         let mut halves: Vec<u64> = data.iter().map(|&v| v >> 32).chain(data.iter().map(|&v| v & 0xffff_ffff)).collect();
-        self.all_reduce(&mut halves, op, false, |v, reply| Job::U64(v, op, reply))?;
+        self.all_reduce(&mut halves, op, false, agreed, |v, reply| Job::U64(v, op, reply))?;
         let (high, low) = halves.split_at(data.len());
         for (i, d) in data.iter_mut().enumerate() {
             let total = (u128::from(high[i]) << 32) + u128::from(low[i]);

@@ -1,12 +1,16 @@
 //! Shared by the integration tests: a plain reference implementation of SPEC, and helpers.
 #![allow(dead_code)]
 
+pub mod files;
 pub mod layout;
 pub mod reference;
 
 use std::path::PathBuf;
 
 use qcalib::synthetic::Rng;
+
+#[allow(unused_imports)] // not every test uses every helper
+pub use files::{f32_bytes, npy_bytes, npy_header, npy_with_header, scratch, shape_text, write_npy_f32};
 
 /// The repository: `QCALIB_REPO` when set (test executables run away from the tree they were
 /// built in, see `scripts/gpu-run.sh`), else the crate's directory.

@@ -5,6 +5,7 @@ mod batch_file;
 mod bench;
 mod calibrate;
 mod demo;
+mod elastic_error;
 mod output;
 mod ranks;
 mod report;

@@ -4,7 +4,8 @@
 //! - A broken pipe (the reader of stdout went away, as in `qcalib … | head -1`) ends the run
 //!   quietly with [`BROKEN_PIPE_STATUS`], like a tool killed by `SIGPIPE`.
 //! - Any other failed write to stdout (a full disk) prints one line on stderr and exits with 1.
-//! - Errors print one line, `error: …`, on stderr; when stderr cannot be written either, the
+//! - Errors print one line, `error: …`, on stderr (and, under torchrun, in its error file: see
+//!   [`crate::elastic_error`]); when stderr cannot be written either, the
 //!   exit status still says it failed. Nothing here panics.
 
 use std::borrow::Cow;
@@ -53,6 +54,7 @@ impl Failure {
             }
             Failure::Message(m) => {
                 print_error(&m);
+                crate::elastic_error::record(&m);
                 ExitCode::FAILURE
             }
         }

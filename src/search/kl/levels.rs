@@ -38,6 +38,9 @@ pub(super) fn divergences(counts: &Counts, first: usize, nq: usize, run: Run) ->
 /// loop (the block stays in L1).
 const BLOCK: usize = 256;
 
+/// Lanes of [`level_sums`] (one AVX-512 register of f64); [`BLOCK`] is a multiple of it.
+const LEVEL_LANES: usize = 8;
+
 /// One block of levels, laid out for a vectorised pass (reused across candidates): the bounds,
 /// and the prefix sums `[count, non-empty bins]` at each.
 struct Levels {
@@ -122,7 +125,13 @@ impl Prefix<'_> {
                 lv.count[k] = c;
                 lv.members[k] = m;
             }
-            let (s, e) = two_sum(level_logs, level_sums(&lv.count[..=n], &lv.members[..=n], below));
+            // Empty levels up to a whole number of vector lanes (each adds exactly 0 to the lane
+            // the tail would have added it to): no scalar tail of logarithms.
+            let padded = n.next_multiple_of(LEVEL_LANES);
+            let (c, m) = (lv.count[n], lv.members[n]);
+            lv.count[n + 1..=padded].fill(c);
+            lv.members[n + 1..=padded].fill(m);
+            let (s, e) = two_sum(level_logs, level_sums(&lv.count[..=padded], &lv.members[..=padded], below));
             level_logs = s;
             level_logs_err += e;
             first += n;
@@ -154,7 +163,7 @@ multiversion! {
 /// (its quotient, 0/0, is computed and discarded so that the loop has no branch).
 #[inline(always)]
 fn level_sums(count: &[f64], members: &[f64], below: f64) -> f64 {
-    const L: usize = 8;
+    const L: usize = LEVEL_LANES;
     #[inline(always)]
     fn term(lo: f64, hi: f64, m_lo: f64, m_hi: f64, below: f64) -> f64 {
         let h = hi - lo;
