@@ -253,22 +253,7 @@ fn the_golden_fixtures_give_the_same_statistics() {
         return;
     }
     let text = std::fs::read_to_string(common::fixtures().join("cases.json")).expect("cases.json");
-    let mut cases: serde_json::Value = serde_json::from_str(&text).unwrap();
-    // Per-channel Percentile, KL and Mix (SPEC §8) on the activations, channels in the middle and
-    // innermost (small: softgpu's time).
-    let activations = ["l2_ffn_out.b0.npy", "l2_ffn_out.b1.npy"];
-    for (id, args) in [
-        ("per-channel kl axis 1", "--observer kl --bins 512 --qscheme per-channel-symmetric --ch-axis 1"),
-        (
-            "per-channel kl axis -1",
-            "--observer kl --bins 256 --dtype qint16 --qscheme per-channel-symmetric --ch-axis -1",
-        ),
-        ("per-channel percentile", "--observer percentile --qscheme per-channel-symmetric --ch-axis -1"),
-        ("per-channel mix", "--observer mix --qscheme per-channel-symmetric --ch-axis 1"),
-    ] {
-        let case = serde_json::json!({ "id": id, "args": args.split(' ').collect::<Vec<_>>(), "files": activations });
-        cases["cases"].as_array_mut().unwrap().push(case);
-    }
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
     for case in cases["cases"].as_array().unwrap() {
         let args: Vec<&str> = case["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         let get = |name: &str| args.iter().position(|a| *a == name).map(|i| args[i + 1]);
@@ -403,13 +388,13 @@ fn the_cli_gives_the_same_json_on_cuda_and_cpu() {
     let text = std::fs::read_to_string(common::fixtures().join("cases.json")).expect("cases.json");
     let mut cases: serde_json::Value = serde_json::from_str(&text).unwrap();
     // Per-channel Percentile, KL and Mix (SPEC §8) on the activations, channels in the middle and
-    // innermost (small: softgpu's time).
+    // innermost (KL on the 128 channels of the middle axis, 256 bins: softgpu's time).
     let activations = ["l2_ffn_out.b0.npy", "l2_ffn_out.b1.npy"];
     for (id, args) in [
-        ("per-channel kl axis 1", "--observer kl --bins 512 --qscheme per-channel-symmetric --ch-axis 1"),
+        ("per-channel kl axis 1", "--observer kl --bins 256 --qscheme per-channel-symmetric --ch-axis 1"),
         (
-            "per-channel kl axis -1",
-            "--observer kl --bins 256 --dtype qint16 --qscheme per-channel-symmetric --ch-axis -1",
+            "per-channel kl axis -2",
+            "--observer kl --bins 256 --dtype qint16 --qscheme per-channel-symmetric --ch-axis -2",
         ),
         ("per-channel percentile", "--observer percentile --qscheme per-channel-symmetric --ch-axis -1"),
         ("per-channel mix", "--observer mix --qscheme per-channel-symmetric --ch-axis 1"),

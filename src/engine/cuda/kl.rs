@@ -27,8 +27,14 @@ pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option
     Ok(threshold_indices(gpu, &[hist], nq)?.first().copied().flatten())
 }
 
+/// The most bins searched by one group of launches: its buffers on the device (the histograms,
+/// four prefix tables, the divergences) then take at most about 800 MiB, whatever the number of
+/// channels (SPEC §8 allows 2^27 counters). The unit tests use groups of 1024 bins, so that
+/// their batches are cut into several groups.
+const GROUP_BINS: u64 = if cfg!(test) { 1 << 10 } else { 1 << 24 };
+
 /// [`crate::search::kl::threshold_indices`] on the GPU: [`threshold_index`] of every histogram
-/// of `hists`, all searched by the same three launches.
+/// of `hists`, searched together (three launches per group of up to [`GROUP_BINS`] bins).
 pub(crate) fn threshold_indices(gpu: &Gpu, hists: &[&[u64]], nq: u64) -> Result<Vec<Option<usize>>, GpuError> {
     let mut found = vec![None; hists.len()];
     // The histograms searched: those with a window (SPEC §4: the `len - 127` divergences must
@@ -43,28 +49,44 @@ pub(crate) fn threshold_indices(gpu: &Gpu, hists: &[&[u64]], nq: u64) -> Result<
             }
         })
         .collect();
-    if searched.is_empty() {
-        return Ok(found);
+    let mut group: Vec<usize> = Vec::new();
+    let mut group_bins = 0u64;
+    for (n, &s) in searched.iter().enumerate() {
+        group.push(s);
+        group_bins += hists[s].len() as u64;
+        let next = searched.get(n + 1).map_or(u64::MAX, |&t| hists[t].len() as u64);
+        if group_bins.saturating_add(next) > GROUP_BINS {
+            for (&s, k) in group.iter().zip(search_group(gpu, hists, &group, nq)?) {
+                found[s] = k;
+            }
+            group.clear();
+            group_bins = 0;
+        }
     }
+    Ok(found)
+}
+
+/// The thresholds of the histograms `hists[s]` for `s` in `group` (each with a search).
+fn search_group(gpu: &Gpu, hists: &[&[u64]], group: &[usize], nq: u64) -> Result<Vec<Option<usize>>, GpuError> {
     // Histogram s at offsets[s] in the concatenation, its divergences at div_offsets[s].
     let (mut offsets, mut div_offsets) = (vec![0u64], vec![0u64]);
-    for &s in &searched {
+    for &s in group {
         let len = hists[s].len() as u64;
         offsets.push(offsets[offsets.len() - 1] + len);
         div_offsets.push(div_offsets[div_offsets.len() - 1] + len - START_BIN as u64 + 1);
     }
-    let (bins, candidates) = (offsets[searched.len()], div_offsets[searched.len()]);
-    if candidates > MAX_GRID_X || searched.len() as u64 > MAX_GRID_X {
-        return Err(GpuError::TooLarge(format!("{bins} histogram bins in {} histograms", searched.len())));
+    let (bins, candidates) = (offsets[group.len()], div_offsets[group.len()]);
+    if candidates > MAX_GRID_X || group.len() as u64 > MAX_GRID_X {
+        return Err(GpuError::TooLarge(format!("{bins} histogram bins in {} histograms", group.len())));
     }
-    let concatenated: Vec<u64> = searched.iter().flat_map(|&s| hists[s].iter().copied()).collect();
-    let count = searched.len() as u64;
+    let concatenated: Vec<u64> = group.iter().flat_map(|&s| hists[s].iter().copied()).collect();
+    let count = group.len() as u64;
     let stream = &gpu.stream;
     let h = stream.clone_htod(&concatenated)?;
     let offsets_dev = stream.clone_htod(&offsets)?;
     let div_offsets_dev = stream.clone_htod(&div_offsets)?;
     // The prefix tables: L + 1 entries per histogram.
-    let table = bins as usize + searched.len();
+    let table = bins as usize + group.len();
     let mut prefix_count = stream.alloc_zeros::<u64>(table)?;
     let mut nonzero = stream.alloc_zeros::<u64>(table)?;
     let mut hlnh = stream.alloc_zeros::<f64>(table)?;
@@ -90,14 +112,11 @@ pub(crate) fn threshold_indices(gpu: &Gpu, hists: &[&[u64]], nq: u64) -> Result<
         .slice(&hlnh_err)
         .slice_mut(&mut div)
         .launch((candidates, 1, 1), 0)?;
-    let mut best = stream.alloc_zeros::<i64>(searched.len())?;
+    let mut best = stream.alloc_zeros::<i64>(group.len())?;
     gpu.launch(stream, BEST_WINDOW)?
         .slice(&div)
         .slice(&div_offsets_dev)
         .slice_mut(&mut best)
         .launch((count, 1, 1), 0)?;
-    for (&s, &k) in searched.iter().zip(&read_back(stream, &best)?) {
-        found[s] = usize::try_from(k).ok().map(|k| k + EDGE_OFFSET);
-    }
-    Ok(found)
+    Ok(read_back(stream, &best)?.into_iter().map(|k| usize::try_from(k).ok().map(|k| k + EDGE_OFFSET)).collect())
 }

@@ -361,6 +361,10 @@ fn per_channel_kl_thresholds_are_identical() {
         Vec::new(),
         hist(700, false, 30.0),
         hist(256, true, 2e5),
+        // Counts far above 1e10 next to small ones (the CPU's series and small-count terms of
+        // the candidates with one level per bin), and a sparse histogram of ones.
+        hist(600, true, 1e13),
+        (0..400u64).map(|b| u64::from(b % 9 == 0)).collect(),
     ];
     let refs: Vec<&[u64]> = hists.iter().map(Vec::as_slice).collect();
     for nq in [8, 128, 256, 32768] {
