@@ -242,6 +242,14 @@ fn give_back_scratch(scratch: Vec<u32>) {
     }
 }
 
+/// The [`COPIES`] sub-histograms of a scratch of copies `stride` apart.
+fn split_copies(scratch: &mut [u32], stride: usize) -> [&mut [u32]; COPIES] {
+    let (a, rest) = scratch.split_at_mut(stride);
+    let (b, rest) = rest.split_at_mut(stride);
+    let (c, d) = rest.split_at_mut(stride);
+    [a, b, c, &mut d[..stride]]
+}
+
 impl HistogramPart {
     fn channel(&self, c: usize) -> ChannelBins {
         self.channels[c - self.first]
@@ -264,14 +272,16 @@ impl HistogramPart {
             let stride = copy_stride(ch.bins);
             let dst = &mut self.counts[ch.offset..][..ch.bins];
             // Only the counters a value can reach (the bins and the slot of what is outside) are
-            // ever non-zero: they are added and zeroed in one pass.
-            for copy in self.scratch.chunks_exact_mut(stride) {
-                let (used, outside) = copy[..=ch.bins].split_at_mut(ch.bins);
-                for (d, s) in dst.iter_mut().zip(used.iter_mut()) {
-                    *d += *s as u64;
-                    *s = 0;
-                }
-                outside[0] = 0;
+            // ever non-zero: the copies are added in u32 (together they hold at most
+            // SCRATCH_LIMIT < 2^32 values), the sum into the counts, and zeroed, in one pass.
+            let [a, b, c, d] = split_copies(&mut self.scratch, stride);
+            let n = ch.bins + 1;
+            let (a, b, c, d) = (&mut a[..n], &mut b[..n], &mut c[..n], &mut d[..n]);
+            for (k, out) in dst.iter_mut().enumerate() {
+                *out += (a[k] + b[k] + c[k] + d[k]) as u64;
+            }
+            for copy in [a, b, c, d] {
+                copy.fill(0);
             }
             self.scratch_values = 0;
         }

@@ -144,8 +144,12 @@ fn bins_by_gathering<T: Element>(
 
 /// [`extremes_and_percentile_bins`] of one contiguous run of values.
 fn percentile_bins_of_run<T: Element>(run: &[T], bins: usize, targets: &[f32]) -> (Extremes, Vec<usize>) {
-    let view = ndarray::ArrayView1::from(run).into_dyn();
-    let (part, found) = select::extremes_and_percentile_bins(&view, bins, targets);
+    let (part, found) = match T::as_f32(run) {
+        Some(x) if x.len() <= select::CACHED_RUN => {
+            select::extremes_and_percentile_bins_of_cached_run(x, bins, targets)
+        }
+        _ => select::extremes_and_percentile_bins(&ndarray::ArrayView1::from(run).into_dyn(), bins, targets),
+    };
     let e = Extremes { min: part.min, max: part.max, non_finite: part.non_finite };
     if let Some(found) = found {
         return (e, found);

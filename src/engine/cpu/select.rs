@@ -20,7 +20,7 @@ use ndarray::ArrayViewD;
 
 use super::histogram::bin_of;
 use super::min_max::{self, Extremes, ExtremesPart, ExtremesReducer};
-use super::simd::{LANES, multiversion};
+use super::simd::{LANES, multiversion, prefetch};
 use super::walk::{Reducer, reduce};
 use crate::search::percentile::{DecidingRank, deciding_rank};
 use crate::tensor::{Element, HostLayout};
@@ -74,6 +74,52 @@ pub(crate) fn extremes_and_percentile_bins<T: Element>(
     let found = reduce(layout, &bracket);
     let mut e = ExtremesReducer.part(0, 1);
     e.add(0, found.extremes);
+    let bins = bins_of_ranks(&e, found, bins, &ranks);
+    (e, bins)
+}
+
+/// Values of a run that stays in the caches between two passes over it (a channel's run of at
+/// most 512 KiB of f32).
+pub(crate) const CACHED_RUN: usize = 1 << 17;
+/// One sample value per this many values of a cached run (at a varying offset inside each group).
+const CACHED_SAMPLE_EVERY: usize = 64;
+/// Sample positions added on each side of a rank on top of [`SPREAD`] for a cached run's sample
+/// (single values at varying offsets: close to independent).
+const CACHED_SLACK: f64 = 2.0;
+
+/// [`extremes_and_percentile_bins`] of a run of f32 values that stays in the caches (at most
+/// [`CACHED_RUN`], e.g. one channel's values): the first pass reads the run from memory for its
+/// extremes and takes a sample of it, the second reads it from the cache to count the values
+/// below the bracket and collect those inside. No scattered reads from memory, as a sample of a
+/// large tensor needs. `None` for the bins where the caller must count the histogram.
+pub(crate) fn extremes_and_percentile_bins_of_cached_run(
+    x: &[f32],
+    bins: usize,
+    targets: &[f32],
+) -> (ExtremesPart, Option<Vec<usize>>) {
+    let n = x.len();
+    let mut e = ExtremesReducer.part(0, 1);
+    e.add(0, min_max::extremes(x));
+    let ranks: Vec<DecidingRank> = targets.iter().map(|&t| deciding_rank(t, n as u64)).collect();
+    let wanted: Vec<u64> =
+        ranks.iter().filter_map(|r| if let DecidingRank::Rank(k) = *r { Some(k) } else { None }).collect();
+    if e.non_finite > 0 || wanted.is_empty() || n < MIN_ELEMENTS {
+        return (e, None);
+    }
+    // One value per group of 64, at an offset that varies from group to group.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut sample: Vec<u32> = x
+        .chunks_exact(CACHED_SAMPLE_EVERY)
+        .map(|group| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            abs_bits(group[(state >> 33) as usize % CACHED_SAMPLE_EVERY])
+        })
+        .collect();
+    let Some(bracket) = bracket_of_sample(&mut sample, n, &wanted, CACHED_SLACK) else {
+        return (e, None);
+    };
+    let mut found = Found { extremes: Extremes::EMPTY, below: 0, inside: Vec::new(), seen: 0, overflowed: false };
+    bracket.run(&mut found, 0, x);
     let bins = bins_of_ranks(&e, found, bins, &ranks);
     (e, bins)
 }
@@ -157,12 +203,27 @@ fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket
     // that a period in the data (a channel, a row) does not line up with the runs.
     let slice = n / runs;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for r in 0..runs {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        let room = slice.saturating_sub(run).max(1);
-        let start = (r * slice + (state >> 33) as usize % room).min(n - run);
+    let starts: Vec<usize> = (0..runs)
+        .map(|r| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let room = slice.saturating_sub(run).max(1);
+            (r * slice + (state >> 33) as usize % room).min(n - run)
+        })
+        .collect();
+    // Every run is asked for before any is read: their cache misses overlap.
+    for &start in &starts {
+        prefetch(&data[start..start + run]);
+    }
+    for &start in &starts {
         sample.extend(data[start..start + run].iter().map(|v| abs_bits(v.to_f32())));
     }
+    bracket_of_sample(&mut sample, n, wanted, slack)
+}
+
+/// The bracket of `|x|` bits around the ranks `wanted` (1-based, among `n` values) from a sample
+/// of them (as bits, reordered), with `slack` sample positions added on each side; `None` when it
+/// would be too wide to be worth collecting.
+fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -> Option<Bracket> {
     let m = sample.len() as f64;
     let position = |k: u64, side: f64| {
         let q = k as f64 / n as f64;
@@ -176,7 +237,7 @@ fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket
     // The two order statistics of the sample (a selection each, not a sort): the upper one
     // first, then the lower one among the values below it.
     let (lo_at, hi_at) = ((first >= 0.0).then_some(first as usize), (last < m - 1.0).then_some(last.ceil() as usize));
-    let mut below = &mut sample[..];
+    let mut below = sample;
     let hi = match hi_at {
         Some(at) => {
             let (smaller, &mut v, _) = below.select_nth_unstable(at);
@@ -214,16 +275,13 @@ pub(crate) struct Found {
     overflowed: bool,
 }
 
-/// Values scanned at a time: when one of them is inside the bracket, the span is scanned
-/// again to collect it.
-const SPAN: usize = 256;
-
 /// Values per block: the u32 lane counters flush to u64 after each block.
 const BLOCK: usize = 1 << 20;
 
 multiversion! {
     /// Adds to `found` the extremes of `x`, its values below `lo` (counted) and those in
-    /// `[lo, hi]` (collected, while there is room under `cap`), in one vectorised loop.
+    /// `[lo, hi]` (collected, while there is room under `cap`), in one vectorised loop; a vector
+    /// of [`LANES`] values with one inside is collected on a separate (rare) path.
     fn scan(x: &[f32], lo: u32, hi: u32, cap: usize, found: &mut Found) {
         let width = hi.wrapping_sub(lo);
         for block in x.chunks(BLOCK) {
@@ -231,31 +289,29 @@ multiversion! {
             let mut high = [f32::NEG_INFINITY; LANES];
             let mut nf = [0u32; LANES];
             let mut below = [0u32; LANES];
-            for span in block.chunks(SPAN) {
+            let mut lanes = block.chunks_exact(LANES);
+            for ch in &mut lanes {
                 let mut hits = [0u32; LANES];
-                let mut lanes = span.chunks_exact(LANES);
-                for ch in &mut lanes {
-                    for j in 0..LANES {
-                        let (v, b) = (ch[j], abs_bits(ch[j]));
-                        low[j] = min_max::min(low[j], v);
-                        high[j] = min_max::max(high[j], v);
-                        nf[j] += min_max::non_finite(v);
-                        below[j] += (b < lo) as u32;
-                        hits[j] |= (b.wrapping_sub(lo) <= width) as u32;
-                    }
+                for j in 0..LANES {
+                    let (v, b) = (ch[j], abs_bits(ch[j]));
+                    low[j] = min_max::min(low[j], v);
+                    high[j] = min_max::max(high[j], v);
+                    nf[j] += min_max::non_finite(v);
+                    below[j] += (b < lo) as u32;
+                    hits[j] = (b.wrapping_sub(lo) <= width) as u32;
                 }
-                for &v in lanes.remainder() {
-                    let b = abs_bits(v);
-                    low[0] = min_max::min(low[0], v);
-                    high[0] = min_max::max(high[0], v);
-                    nf[0] += min_max::non_finite(v);
-                    below[0] += (b < lo) as u32;
-                    hits[0] |= (b.wrapping_sub(lo) <= width) as u32;
-                }
-                if hits.iter().any(|&h| h != 0) {
-                    collect(span, lo, hi, cap, found);
+                if hits.iter().fold(0, |a, &h| a | h) != 0 {
+                    collect(ch, lo, hi, cap, found);
                 }
             }
+            for &v in lanes.remainder() {
+                let b = abs_bits(v);
+                low[0] = min_max::min(low[0], v);
+                high[0] = min_max::max(high[0], v);
+                nf[0] += min_max::non_finite(v);
+                below[0] += (b < lo) as u32;
+            }
+            collect(lanes.remainder(), lo, hi, cap, found);
             for j in 0..LANES {
                 found.extremes = found.extremes.join(Extremes { min: low[j], max: high[j], non_finite: nf[j] as u64 });
                 found.below += below[j] as u64;
@@ -264,22 +320,19 @@ multiversion! {
     }
 }
 
-/// Collects the values of `x` inside `[lo, hi]`, skipping runs of [`LANES`] values with none.
-#[inline(always)]
+/// Collects the values of `x` inside `[lo, hi]` (the rare path of [`scan`]: out of its loop, so
+/// that its registers stay there).
+#[cold]
+#[inline(never)]
 fn collect(x: &[f32], lo: u32, hi: u32, cap: usize, found: &mut Found) {
     let width = hi.wrapping_sub(lo);
-    for ch in x.chunks(LANES) {
-        if ch.iter().fold(0u32, |a, &v| a | (abs_bits(v).wrapping_sub(lo) <= width) as u32) == 0 {
-            continue;
-        }
-        for &v in ch {
-            let b = abs_bits(v);
-            if b.wrapping_sub(lo) <= width {
-                if found.inside.len() < cap {
-                    found.inside.push(b);
-                } else {
-                    found.overflowed = true;
-                }
+    for &v in x {
+        let b = abs_bits(v);
+        if b.wrapping_sub(lo) <= width {
+            if found.inside.len() < cap {
+                found.inside.push(b);
+            } else {
+                found.overflowed = true;
             }
         }
     }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::histogram::bin_of;
 use super::min_max::{self, ExtremesPart, ExtremesReducer};
 use super::select::abs_bits;
-use super::simd::{LANES, multiversion};
+use super::simd::{LANES, multiversion, prefetch};
 use super::walk::Reducer;
 use crate::search::percentile::{DecidingRank, deciding_rank};
 use crate::tensor::Element;
@@ -36,6 +36,8 @@ const MAX_EXPECTED_FRACTION: f64 = 1.0 / 16.0;
 const ROWS_PER_TASK: usize = 1 << 12;
 /// Values widened at a time from f16/bf16.
 const WIDEN_BLOCK: usize = 1 << 14;
+/// Rows ahead of the one scanned that [`scan_rows`] prefetches.
+const PREFETCH_ROWS: usize = 4;
 
 /// The per-channel extremes of `outer` rows of `channels` values and, when the selection
 /// succeeded, the bins of `targets` per channel (`[channel][target]`) of histograms of `bins`
@@ -230,7 +232,12 @@ multiversion! {
         let channels = found.min.len();
         let full = channels - channels % LANES;
         let mut masks = vec![0u16; full / LANES];
-        for row in rows.chunks_exact(channels) {
+        for (r, row) in rows.chunks_exact(channels).enumerate() {
+            // The row PREFETCH_ROWS ahead is asked for now: the hardware prefetchers stop at
+            // page boundaries, and a row of 1024 channels is a page.
+            if let Some(ahead) = rows.get((r + PREFETCH_ROWS) * channels..(r + PREFETCH_ROWS + 1) * channels) {
+                prefetch(ahead);
+            }
             for (g, c) in (0..full).step_by(LANES).enumerate() {
                 let v = &row[c..c + LANES];
                 let (lo, width) = (&b.lo[c..c + LANES], &b.width[c..c + LANES]);

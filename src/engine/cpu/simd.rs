@@ -46,9 +46,9 @@ pub(crate) const LANES: usize = 16;
 /// changes a result). For loops that interleave a streaming read with a slow phase of their own,
 /// which the hardware prefetchers do not run far enough ahead of.
 #[inline(always)]
-pub(crate) fn prefetch(data: &[f32]) {
+pub(crate) fn prefetch<T>(data: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(16) {
+    for line in data.chunks((64 / std::mem::size_of::<T>().max(1)).max(1)) {
         // SAFETY: a prefetch reads nothing architecturally and cannot fault; the address is
         // inside `data`.
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
