@@ -220,6 +220,19 @@ fn per_channel_percentile_kl_and_mix_match_the_cpu() {
                 compare(&format!("{shape:?} dtype #{dtype}"), spec, &[a.clone(), b.clone()]);
             }
         }
+        // A channel of zeros (and one of negative zeros): a range of 0 (f32 only).
+        if s == 1 {
+            let mut zeros = first.f32.clone();
+            zeros.index_axis_mut(ndarray::Axis(1), 2).fill(0.0);
+            zeros.index_axis_mut(ndarray::Axis(1), 5).fill(-0.0);
+            for spec in &specs {
+                compare(
+                    &format!("{shape:?} zero channels"),
+                    spec,
+                    &[TensorView::from(&zeros), second.views()[0].clone()],
+                );
+            }
+        }
         // KL's default 2048 bins, searched once (f32 only: softgpu's time).
         let kl = ObserverSpec { update_interval: Some(2), ..spec(ObserverKind::Kl, pc(QuantDType::QInt8)) };
         compare(&format!("{shape:?} f32"), &kl, &[first.views()[0].clone(), second.views()[0].clone()]);

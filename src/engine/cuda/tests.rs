@@ -336,6 +336,25 @@ fn per_channel_percentile_bins_are_identical() {
 }
 
 #[test]
+fn per_channel_percentile_bins_of_all_zero_channels_are_identical() {
+    let Some(g) = gpu("per_channel_percentile_bins_of_all_zero_channels_are_identical") else { return };
+    let gpu_engine = Engine::Cuda(g.clone());
+    for (shape, axis) in [([5usize, 300usize], 0usize), ([300, 5], 1)] {
+        let mut a = tensors(&shape, 800).0;
+        a.index_axis_mut(ndarray::Axis(axis), 2).fill(0.0);
+        a.index_axis_mut(ndarray::Axis(axis), 4).fill(-0.0);
+        let x = TensorView::from(&a);
+        let batch = Loaded::Cuda(loaded(&g, &Input::Host(x.clone())));
+        let targets = [0.0, 1.0, 150.0, 299.97, 300.0, 301.0];
+        for bins in [7, 2048] {
+            let want = Engine::Cpu.extremes_and_percentile_bins(&Loaded::Host(x.clone()), Some(axis), bins, &targets);
+            let got = gpu_engine.extremes_and_percentile_bins(&batch, Some(axis), bins, &targets);
+            assert_eq!(got.unwrap(), want.unwrap(), "{shape:?} axis {axis} bins {bins}");
+        }
+    }
+}
+
+#[test]
 fn per_channel_kl_thresholds_are_identical() {
     let Some(g) = gpu("per_channel_kl_thresholds_are_identical") else { return };
     let mut rng = Rng::new(19);
