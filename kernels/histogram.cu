@@ -86,3 +86,120 @@ QCALIB_DEVICE void abs_hist_global(const typename E::T* __restrict__ x, u64 n, u
 HISTOGRAM_ENTRIES(F32, f32)
 HISTOGRAM_ENTRIES(F16, f16)
 HISTOGRAM_ENTRIES(BF16, bf16)
+
+// ---------------------------------------------------------------------------------------------
+// Per-channel histograms (SPEC §8): channel c of a dense [outer, C, inner] tensor counts |x| into
+// its own bins[c] bins on [0, hi[c]] at hist[offsets[c] ..], with the bin rule above (bins[c] = 0:
+// the channel is not counted); inv_hi[c] = f64(1 / hi[c]) from the host (0 when hi[c] <= 0). With
+// want_extremes, the per-channel extremes of x go to `ext` (kernels/extremes.cu's layout, C
+// channels) from the same pass. Every count is an integer atomic: the result does not depend on
+// the order of the blocks, and equals the CPU engine's histograms.
+
+struct ChannelBins {
+    u64 offset;
+    u32 bins;
+    float bins_f, top, hi;
+    double inv_hi;
+    // The counter of v in `hist`, or `bins` when v is not counted.
+    QCALIB_DEVICE u32 bin(float v) const { return abs_bin(v, bins, bins_f, top, hi, inv_hi); }
+};
+
+QCALIB_DEVICE ChannelBins channel_bins(const u64* __restrict__ offsets, const u32* __restrict__ bins,
+                                       const float* __restrict__ hi, const double* __restrict__ inv_hi, u64 c) {
+    ChannelBins b;
+    b.offset = offsets[c];
+    b.bins = bins[c];
+    b.bins_f = (float)b.bins;
+    b.top = b.bins > 0 ? (float)(b.bins - 1) : 0.0f;
+    b.hi = hi[c];
+    b.inv_hi = inv_hi[c];
+    return b;
+}
+
+// Channel-major: grid (C, splits); block (c, s) reads piece s of channel c (for_each_in_channel).
+// SHARED: the block counts in shared memory (u32; the launcher keeps a block under 2^31 values and
+// gives max bins[c] * 4 bytes), then adds its non-empty counters to `hist`; else every value is
+// one global atomic.
+template <typename E, bool SHARED>
+QCALIB_DEVICE void abs_hists_rows(const typename E::T* __restrict__ x, u64 outer, u64 C, u64 inner, u64 per_split,
+                                  u32 inner_magic, const u64* __restrict__ offsets, const u32* __restrict__ bins,
+                                  const float* __restrict__ hi, const double* __restrict__ inv_hi, u32 want_extremes,
+                                  u64* __restrict__ hist, u32* __restrict__ ext) {
+    DYNAMIC_SHARED(u32, counts);
+    const u64 c = blockIdx.x;
+    const ChannelBins b = channel_bins(offsets, bins, hi, inv_hi, c);
+    if (b.bins == 0 && !want_extremes) return;  // uniform across the block
+    if (SHARED) {
+        for (u32 k = threadIdx.x; k < b.bins; k += blockDim.x) counts[k] = 0;
+        __syncthreads();
+    }
+    ExtremesAcc acc = extremes_empty();
+    auto put = [&](float v) {
+        acc(v);
+        const u32 k = b.bin(v);
+        if (k < b.bins) {
+            if (SHARED) {
+                atomicAdd(&counts[k], 1u);
+            } else {
+                atomicAdd(&hist[b.offset + k], 1ull);
+            }
+        }
+    };
+    for_each_in_channel<E, true>(x, outer, C, inner, c, per_split, inner_magic, put);
+    if (want_extremes) extremes_commit(acc, c, C, ext);
+    if (SHARED) {
+        __syncthreads();
+        for (u32 k = threadIdx.x; k < b.bins; k += blockDim.x) {
+            const u32 s = counts[k];
+            if (s) atomicAdd(&hist[b.offset + k], (u64)s);
+        }
+    }
+}
+
+// Channel-last [rows, C]: grid (ceil(C / tile), splits), see ColumnTile; each thread counts its
+// channel's values with global atomics.
+template <typename E>
+QCALIB_DEVICE void abs_hists_cols(const typename E::T* __restrict__ x, u64 rows, u64 C, const u64* __restrict__ offsets,
+                                  const u32* __restrict__ bins, const float* __restrict__ hi,
+                                  const double* __restrict__ inv_hi, u32 want_extremes, u64* __restrict__ hist,
+                                  u32* __restrict__ ext) {
+    const ColumnTile t = column_tile(C);
+    if (!t.active) return;
+    const ChannelBins b = channel_bins(offsets, bins, hi, inv_hi, t.c);
+    if (b.bins == 0 && !want_extremes) return;
+    ExtremesAcc acc = extremes_empty();
+    const u64 step = (u64)gridDim.y * t.rows_per_step;
+    for (u64 r = (u64)blockIdx.y * t.rows_per_step + t.row; r < rows; r += step) {
+        const float v = E::widen(x[r * C + t.c]);
+        acc(v);
+        const u32 k = b.bin(v);
+        if (k < b.bins) atomicAdd(&hist[b.offset + k], 1ull);
+    }
+    if (want_extremes) extremes_commit(acc, t.c, C, ext);
+}
+
+#define PER_CHANNEL_HISTOGRAM_ENTRIES(E, suffix)                                                                      \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) abs_hists_rows_shared_##suffix(                      \
+        const E::T* __restrict__ x, u64 outer, u64 C, u64 inner, u64 per_split, u32 inner_magic,                     \
+        const u64* __restrict__ offsets, const u32* __restrict__ bins, const float* __restrict__ hi,                 \
+        const double* __restrict__ inv_hi, u32 want_extremes, u64* __restrict__ hist, u32* __restrict__ ext) {        \
+        abs_hists_rows<E, true>(x, outer, C, inner, per_split, inner_magic, offsets, bins, hi, inv_hi, want_extremes, \
+                                hist, ext);                                                                           \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) abs_hists_rows_global_##suffix(                      \
+        const E::T* __restrict__ x, u64 outer, u64 C, u64 inner, u64 per_split, u32 inner_magic,                     \
+        const u64* __restrict__ offsets, const u32* __restrict__ bins, const float* __restrict__ hi,                 \
+        const double* __restrict__ inv_hi, u32 want_extremes, u64* __restrict__ hist, u32* __restrict__ ext) {        \
+        abs_hists_rows<E, false>(x, outer, C, inner, per_split, inner_magic, offsets, bins, hi, inv_hi,               \
+                                 want_extremes, hist, ext);                                                           \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) abs_hists_cols_##suffix(                             \
+        const E::T* __restrict__ x, u64 rows, u64 C, const u64* __restrict__ offsets, const u32* __restrict__ bins,  \
+        const float* __restrict__ hi, const double* __restrict__ inv_hi, u32 want_extremes, u64* __restrict__ hist,  \
+        u32* __restrict__ ext) {                                                                                      \
+        abs_hists_cols<E>(x, rows, C, offsets, bins, hi, inv_hi, want_extremes, hist, ext);                          \
+    }
+
+PER_CHANNEL_HISTOGRAM_ENTRIES(F32, f32)
+PER_CHANNEL_HISTOGRAM_ENTRIES(F16, f16)
+PER_CHANNEL_HISTOGRAM_ENTRIES(BF16, bf16)

@@ -1,14 +1,19 @@
-// The KL-divergence threshold search of SPEC §4 on a histogram h of L bins (h[0] replaced by
-// h[1]) with nq quantized levels, in three kernels that mirror src/search/kl.rs:
+// The KL-divergence threshold search of SPEC §4 on a batch of histograms (one per channel for a
+// per-channel observer, SPEC §8; one per tensor), each h of L bins (h[0] replaced by h[1]) with nq
+// quantized levels, in three kernels that mirror src/search/kl:
 //
-// 1. kl_prefix: exact prefix sums of the counts and of the non-empty bins, and a compensated prefix
-//    sum of h ln h (one block).
-// 2. kl_divergences: one block per candidate i = 128 ..= L; its threads share the levels (or, when
-//    nq >= i, the bins) and the block sums their terms in a fixed order.
-// 3. kl_best_window: the window sums S[k] = div[k] + ... + div[k + 8] for k = 0 ..= D - 11, and the
-//    largest k whose S[k] is within a relative 1e-9 of the smallest (-1 when none is finite).
+// 1. kl_prefix: one block per histogram: exact prefix sums of the counts and of the non-empty
+//    bins, and a compensated prefix sum of h ln h.
+// 2. kl_divergences: one block per candidate i = 128 ..= L of every histogram; its threads share
+//    the levels (or, when nq >= i, the bins) and the block sums their terms in a fixed order.
+// 3. kl_best_window: one block per histogram: the window sums S[k] = div[k] + ... + div[k + 8]
+//    for k = 0 ..= D - 11, and the largest k whose S[k] is within a relative 1e-9 of the smallest
+//    (-1 when none is finite).
 //
-// The launcher handles the cases without a search (L < 138, an empty histogram) on the host.
+// Histogram s of the batch is hist[offsets[s] .. offsets[s + 1]) (L_s = its length, >= 138); its
+// prefix arrays are count[offsets[s] + s ..][.. L_s + 1] (and the same for the others), its
+// divergences div[div_offsets[s] .. div_offsets[s + 1]) (L_s - 127 of them), its answer best[s].
+// The launcher handles the histograms without a search (L < 138, no counts) on the host.
 #include "common.cuh"
 
 #define KL_START_BIN 128
@@ -22,12 +27,19 @@ QCALIB_DEVICE u64 kl_bin(const u64* __restrict__ hist, u64 j) { return hist[j ==
 QCALIB_DEVICE double h_ln_h(u64 h) { return h > 0 ? (double)h * log((double)h) : 0.0; }
 
 // count[j], nonzero[j]: sums over h[0 .. j) (exact); hlnh[j] + hlnh_err[j]: sum of h ln h over
-// h[0 .. j). Each array has L + 1 entries. One block: thread t takes a contiguous chunk of bins.
+// h[0 .. j). Each array has L + 1 entries. Block s takes histogram s; thread t a contiguous chunk
+// of its bins.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
-    kl_prefix(const u64* __restrict__ hist, u64 L, u64* __restrict__ count, u64* __restrict__ nonzero,
-              double* __restrict__ hlnh, double* __restrict__ hlnh_err) {
+    kl_prefix(const u64* __restrict__ hists, const u64* __restrict__ offsets, u64* __restrict__ counts,
+              u64* __restrict__ nonzeros, double* __restrict__ hlnhs, double* __restrict__ hlnh_errs) {
     __shared__ u64 chunk_count[BLOCK_THREADS], chunk_nonzero[BLOCK_THREADS];
     __shared__ double chunk_sum[BLOCK_THREADS], chunk_err[BLOCK_THREADS];
+    const u64 s_idx = blockIdx.x, first = offsets[s_idx], L = offsets[s_idx + 1] - first;
+    const u64* __restrict__ hist = hists + first;
+    u64* __restrict__ count = counts + first + s_idx;
+    u64* __restrict__ nonzero = nonzeros + first + s_idx;
+    double* __restrict__ hlnh = hlnhs + first + s_idx;
+    double* __restrict__ hlnh_err = hlnh_errs + first + s_idx;
     const u32 t = threadIdx.x;
     const u64 per = (L + BLOCK_THREADS - 1) / BLOCK_THREADS;
     u64 beg = t * per, end = beg + per;
@@ -114,17 +126,41 @@ struct KlPrefix {
     }
 };
 
-// div[i - 128] for i = 128 + blockIdx.x; +inf when no counts lie below the cut.
+// The histogram s whose divergences hold entry `block` of the batch: the last s with
+// div_offsets[s] <= block (a binary search over the `count` + 1 offsets, which ascend).
+QCALIB_DEVICE u64 kl_histogram_of(const u64* __restrict__ div_offsets, u64 count, u64 block) {
+    u64 lo = 0, hi = count;  // div_offsets[lo] <= block < div_offsets[hi]
+    while (hi - lo > 1) {
+        const u64 mid = lo + (hi - lo) / 2;
+        if (div_offsets[mid] <= block) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// Block b: the candidate i = 128 + (b - div_offsets[s]) of histogram s, where div_offsets[s] <= b
+// < div_offsets[s + 1] (`count` histograms); div[b] = its divergence, +inf when no counts lie
+// below the cut.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
-    kl_divergences(const u64* __restrict__ hist, u64 L, u64 nq, const u64* __restrict__ count,
-                   const u64* __restrict__ nonzero, const double* __restrict__ hlnh,
-                   const double* __restrict__ hlnh_err, double* __restrict__ div) {
+    kl_divergences(const u64* __restrict__ hists, const u64* __restrict__ offsets,
+                   const u64* __restrict__ div_offsets, u64 count_of_hists, u64 nq, const u64* __restrict__ counts,
+                   const u64* __restrict__ nonzeros, const double* __restrict__ hlnhs,
+                   const double* __restrict__ hlnh_errs, double* __restrict__ div) {
     __shared__ double scratch[WARPS_PER_BLOCK];
     __shared__ double q_last_shared;
-    const u64 i = KL_START_BIN + (u64)blockIdx.x;
+    const u64 block = blockIdx.x;
+    const u64 s_idx = kl_histogram_of(div_offsets, count_of_hists, block);
+    const u64 first = offsets[s_idx], L = offsets[s_idx + 1] - first;
+    const u64* __restrict__ hist = hists + first;
+    const u64* __restrict__ count = counts + first + s_idx;
+    const u64* __restrict__ nonzero = nonzeros + first + s_idx;
+    const u64 i = KL_START_BIN + (block - div_offsets[s_idx]);
     const u64 below_count = count[i];
     if (below_count == 0) {  // uniform across the block
-        if (threadIdx.x == 0) div[blockIdx.x] = __longlong_as_double(0x7ff0000000000000LL);
+        if (threadIdx.x == 0) div[block] = __longlong_as_double(0x7ff0000000000000LL);
         return;
     }
     KlPrefix pre;
@@ -132,8 +168,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
     pre.L = L;
     pre.count = count;
     pre.nonzero = nonzero;
-    pre.hlnh = hlnh;
-    pre.hlnh_err = hlnh_err;
+    pre.hlnh = hlnhs + first + s_idx;
+    pre.hlnh_err = hlnh_errs + first + s_idx;
     pre.total = (double)count[L];
     pre.ln_total = log(pre.total);
     // No division (its slow path is a subroutine call, and calls spill): multiplications by
@@ -183,7 +219,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
         q_last = q_last_shared;
     }
     const double sum = block_sum(acc, scratch);
-    if (threadIdx.x == 0) div[blockIdx.x] = __dadd_rn(sum, pre.last_bin_term(i, q_last));
+    if (threadIdx.x == 0) div[block] = __dadd_rn(sum, pre.last_bin_term(i, q_last));
 }
 
 QCALIB_DEVICE double window_sum(const double* __restrict__ div, u64 k) {
@@ -192,12 +228,16 @@ QCALIB_DEVICE double window_sum(const double* __restrict__ div, u64 k) {
     return s;
 }
 
-// best[0] = the largest k with |S[k] - min S| <= 1e-9 |min S|, or -1 when min S is not finite.
-// One block; D >= KL_WINDOW + 2 divergences.
+// best[s] = the largest k with |S[k] - min S| <= 1e-9 |min S| over the divergences of histogram
+// s (block s), or -1 when min S is not finite; each histogram has D >= KL_WINDOW + 2 divergences.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
-    kl_best_window(const double* __restrict__ div, u64 D, i64* __restrict__ best) {
+    kl_best_window(const double* __restrict__ divs, const u64* __restrict__ div_offsets, i64* __restrict__ best_of) {
     __shared__ double mins[BLOCK_THREADS];
     __shared__ i64 bests[BLOCK_THREADS];
+    const u64 s_idx = blockIdx.x;
+    const double* __restrict__ div = divs + div_offsets[s_idx];
+    const u64 D = div_offsets[s_idx + 1] - div_offsets[s_idx];
+    i64* __restrict__ best = best_of + s_idx;
     const u32 t = threadIdx.x;
     const u64 windows = D - KL_WINDOW - 1;  // k = 0 ..= D - 11
     double lo = __longlong_as_double(0x7ff0000000000000LL);

@@ -6,8 +6,10 @@
 
 #define PERCENTILE_MAX_TARGETS 32
 
-// One block of BLOCK_THREADS threads walks the histogram a tile at a time: an inclusive scan of
-// the tile plus the carry of the tiles before it gives every bin's cumulative count.
+// Block h (of a grid of one block per histogram: one, or one per channel) walks histogram h,
+// hist[h * bins ..][.. bins], a tile at a time: an inclusive scan of the tile plus the carry of
+// the tiles before it gives every bin's cumulative count. Its answers go to
+// first[h * ntargets ..][.. ntargets].
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
     first_bins_reaching(const u64* __restrict__ hist, u32 bins, const float* __restrict__ targets, u32 ntargets,
                         u32* __restrict__ first) {
@@ -15,6 +17,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
     __shared__ u32 found[PERCENTILE_MAX_TARGETS];
     const u32 t = threadIdx.x;
     if (ntargets > PERCENTILE_MAX_TARGETS) ntargets = PERCENTILE_MAX_TARGETS;
+    hist += (u64)blockIdx.x * bins;
+    first += (u64)blockIdx.x * ntargets;
     if (t < ntargets) found[t] = bins;
     u64 carry = 0;  // the same value in every thread
     for (u32 base = 0; base < bins; base += BLOCK_THREADS) {

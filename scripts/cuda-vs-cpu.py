@@ -93,7 +93,10 @@ def cases(quick):
         ["--observer", "moving-average-per-channel-min-max", "--averaging-constant", "0.5"],
         ["--observer", "mse", "--stride", "7"],
         ["--observer", "percentile", "--bins", "1024"],
-        ["--observer", "kl", "--bins", "512"],
+        # 256 bins: every channel's search is a per-tensor search of its own, and on softgpu
+        # the searches of the 1536-channel cases dominate the time (about 0.015 s of
+        # interpreter time a channel and batch at 256 bins, 0.045 s at 512).
+        ["--observer", "kl", "--bins", "256"],
         ["--observer", "mix"],
     ]
     pc = ["--qscheme", "per-channel-symmetric", "--ch-axis"]
@@ -105,6 +108,10 @@ def cases(quick):
         for v in ["", ".fortran"] if not quick else [""]:
             for axis in ["0", "1", "-1"]:
                 for args in per_channel:
+                    # A Fortran-order batch reaches the kernels row-major, as the other: its
+                    # upload is checked by the cheaper observers, its KL searches would repeat.
+                    if v == ".fortran" and "kl" in args:
+                        continue
                     out.append((a + v, args + pc + [axis]))
     for w in ["w", "w.t", "w.f16"]:
         for axis in ["0", "-1"]:

@@ -3,8 +3,9 @@
 # QCALIB_REQUIRE_GPU=1 (a missing or failing GPU fails the GPU tests instead of skipping them):
 #
 # 1. every test executable (the GPU tests compare every observer on the GPU with the CPU engine);
-# 2. `qcalib calibrate --device cuda` against `--device cpu` on the golden cases: the same JSON
-#    apart from "device", and the expected scales (../shared/tools/check_cases.py when there);
+# 2. `qcalib calibrate --device cuda` against `--device cpu` on the golden cases and per-channel
+#    Percentile, KL and Mix on the golden weight and activations: the same JSON apart from
+#    "device", and the expected scales (../shared/tools/check_cases.py when there);
 # 3. `qcalib demo` on both devices (timings for the report);
 # 4. `qcalib bench --device cuda` (JSON into $OUT when set) and benches/compare_torch.py next to
 #    it when torch is installed (the figures for the closing note).
@@ -80,6 +81,14 @@ import json, os, subprocess, sys
 qcalib, cases, data = sys.argv[1:4]
 bad = 0
 cases = json.load(open(cases))["cases"]
+# Per-channel Percentile, KL and Mix (SPEC §8) on the weight (channels outermost) and the
+# activations (channels in the middle and innermost): the per-channel kernels.
+pc = ["--qscheme", "per-channel-symmetric", "--ch-axis"]
+for observer in (["percentile"], ["kl"], ["kl", "--dtype", "qint16", "--update-interval", "2"], ["mix"]):
+    for files, axis in ((["w_l2_intermediate_dense_weight.npy"], "0"), (["w_l2_intermediate_dense_weight.npy"], "-1"),
+                        (["l2_ffn_out.b0.npy", "l2_ffn_out.b1.npy"], "1"), (["l2_ffn_out.b0.npy", "l2_ffn_out.b1.npy"], "-1")):
+        args = ["--observer", *observer, *pc, axis]
+        cases.append({"id": " ".join(args) + " " + files[0], "args": args, "files": files})
 for c in cases:
     out = {}
     for device in ("cpu", "cuda"):

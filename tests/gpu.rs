@@ -112,7 +112,10 @@ struct Batch {
 
 impl Batch {
     fn new(shape: &[usize], seed: u64) -> Batch {
-        let a = ArrayD::from_shape_vec(IxDyn(shape), values(shape.iter().product(), seed)).unwrap();
+        Batch::of(ArrayD::from_shape_vec(IxDyn(shape), values(shape.iter().product(), seed)).unwrap())
+    }
+
+    fn of(a: ArrayD<f32>) -> Batch {
         Batch { f16: a.mapv(f16::from_f32), bf16: a.mapv(bf16::from_f32), f32: a }
     }
 
@@ -179,6 +182,60 @@ fn every_observer_on_random_tensors_of_awkward_sizes() {
                 compare(&format!("{shape:?} dtype #{dtype}"), &spec, &[a.clone(), b.clone()]);
             }
         }
+    }
+}
+
+/// Per-channel Percentile, KL and Mix (SPEC §8) on both layouts: channels outermost (rows
+/// contiguous), innermost (one value per channel per row) and in the middle, negative axes,
+/// qint8 and qint16, KL windows that widen and that search every batch or every second one.
+#[test]
+fn per_channel_percentile_kl_and_mix_match_the_cpu() {
+    if !gpu("per_channel_percentile_kl_and_mix_match_the_cpu") {
+        return;
+    }
+    let cases: &[(&[usize], isize)] = &[(&[12, 700], 0), (&[700, 12], -1), (&[5, 9, 40], 1), (&[5, 9, 40], -3)];
+    for (s, &(shape, axis)) in cases.iter().enumerate() {
+        let first = Batch::new(shape, 900 + s as u64);
+        // The second batch widens every channel's range (a KL window is re-binned).
+        let second = Batch::of(Batch::new(shape, 950 + s as u64).f32.mapv(|v| v * 3.0));
+        let pc = |dtype| QuantConfig { dtype, averaging_constant: 0.3, ..QuantConfig::per_channel(axis) };
+        let specs = [
+            spec(ObserverKind::Percentile, pc(QuantDType::QInt8)),
+            ObserverSpec {
+                bins: Some(300),
+                percentile: Some(99.0),
+                ..spec(ObserverKind::Percentile, pc(QuantDType::QInt16))
+            },
+            ObserverSpec { bins: Some(512), ..spec(ObserverKind::Kl, pc(QuantDType::QInt8)) },
+            ObserverSpec {
+                bins: Some(512),
+                update_interval: Some(2),
+                ..spec(ObserverKind::Kl, pc(QuantDType::QInt16))
+            },
+            spec(ObserverKind::Mix, pc(QuantDType::QInt8)),
+            spec(ObserverKind::Mix, pc(QuantDType::QInt16)),
+        ];
+        for (dtype, (a, b)) in first.views().into_iter().zip(second.views()).enumerate() {
+            for spec in &specs {
+                compare(&format!("{shape:?} dtype #{dtype}"), spec, &[a.clone(), b.clone()]);
+            }
+        }
+        // A channel of zeros (and one of negative zeros): a range of 0 (f32 only).
+        if s == 1 {
+            let mut zeros = first.f32.clone();
+            zeros.index_axis_mut(ndarray::Axis(1), 2).fill(0.0);
+            zeros.index_axis_mut(ndarray::Axis(1), 5).fill(-0.0);
+            for spec in &specs {
+                compare(
+                    &format!("{shape:?} zero channels"),
+                    spec,
+                    &[TensorView::from(&zeros), second.views()[0].clone()],
+                );
+            }
+        }
+        // KL's default 2048 bins, searched once (f32 only: softgpu's time).
+        let kl = ObserverSpec { update_interval: Some(2), ..spec(ObserverKind::Kl, pc(QuantDType::QInt8)) };
+        compare(&format!("{shape:?} f32"), &kl, &[first.views()[0].clone(), second.views()[0].clone()]);
     }
 }
 
@@ -342,7 +399,22 @@ fn the_cli_gives_the_same_json_on_cuda_and_cpu() {
         return;
     }
     let text = std::fs::read_to_string(common::fixtures().join("cases.json")).expect("cases.json");
-    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Per-channel Percentile, KL and Mix (SPEC §8) on the activations, channels in the middle and
+    // innermost (KL on the 128 channels of the middle axis, 256 bins: softgpu's time).
+    let activations = ["l2_ffn_out.b0.npy", "l2_ffn_out.b1.npy"];
+    for (id, args) in [
+        ("per-channel kl axis 1", "--observer kl --bins 256 --qscheme per-channel-symmetric --ch-axis 1"),
+        (
+            "per-channel kl axis -2",
+            "--observer kl --bins 256 --dtype qint16 --qscheme per-channel-symmetric --ch-axis -2",
+        ),
+        ("per-channel percentile", "--observer percentile --qscheme per-channel-symmetric --ch-axis -1"),
+        ("per-channel mix", "--observer mix --qscheme per-channel-symmetric --ch-axis 1"),
+    ] {
+        let case = serde_json::json!({ "id": id, "args": args.split(' ').collect::<Vec<_>>(), "files": activations });
+        cases["cases"].as_array_mut().unwrap().push(case);
+    }
     for case in cases["cases"].as_array().unwrap() {
         let run = |device: &str| -> serde_json::Value {
             let out = std::process::Command::new(common::qcalib_bin())

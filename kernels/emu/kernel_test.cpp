@@ -237,6 +237,96 @@ static void test_hist(Dtype d, const Tensor& t, u32 bins, float hi, u32 blocks, 
           "hist extremes %s n=%zu: got (%g, %g, %llu) want (%g, %g, %llu)", name(d), t.n, got_lo, got_up, got_nf, lo, up, nf);
 }
 
+// Per-channel histograms (abs_hists_rows / abs_hists_cols): channel c's bins[c] bins on
+// [0, hi[c]] at offsets[c], each against ref_hist of the channel's values alone, and the
+// per-channel extremes from the same pass.
+
+enum class HistsKind { RowsShared, RowsGlobal, Cols };
+
+template <typename E>
+static void run_hists(const Tensor& t, Layout l, HistsKind kind, u64 pieces, u64 row_splits,
+                      const std::vector<u64>& offsets, const std::vector<u32>& bins, const std::vector<float>& hi,
+                      u32 want_extremes, std::vector<u64>& hist, std::vector<u32>& ext) {
+    std::vector<double> inv_hi(hi.size());
+    for (size_t c = 0; c < hi.size(); ++c) inv_hi[c] = hi[c] > 0.0f ? 1.0 / (double)hi[c] : 0.0;
+    const auto* x = reinterpret_cast<const typename E::T*>(t.data());
+    if (kind == HistsKind::Cols) {
+        const u64 tile = std::min<u64>(l.C, BLOCK_THREADS);
+        emu::launch({(u32)((l.C + tile - 1) / tile), (u32)row_splits, 1}, BLOCK_THREADS, 0, [&] {
+            abs_hists_cols<E>(x, l.outer, l.C, offsets.data(), bins.data(), hi.data(), inv_hi.data(), want_extremes,
+                              hist.data(), ext.data());
+        });
+        return;
+    }
+    const u64 per = per_split_for(l.outer, l.inner, pieces);
+    const u64 units = l.outer == 1 ? l.inner : l.outer;
+    const u32 splits = (u32)((units + per - 1) / per);
+    const u32 max_bins = *std::max_element(bins.begin(), bins.end());
+    emu::launch({(u32)l.C, splits, 1}, BLOCK_THREADS, kind == HistsKind::RowsShared ? max_bins * 4 : 0, [&] {
+        if (kind == HistsKind::RowsShared)
+            abs_hists_rows<E, true>(x, l.outer, l.C, l.inner, per, inner_magic(l.inner), offsets.data(), bins.data(),
+                                    hi.data(), inv_hi.data(), want_extremes, hist.data(), ext.data());
+        else
+            abs_hists_rows<E, false>(x, l.outer, l.C, l.inner, per, inner_magic(l.inner), offsets.data(), bins.data(),
+                                     hi.data(), inv_hi.data(), want_extremes, hist.data(), ext.data());
+    });
+}
+
+static void test_hists(Dtype d, const Tensor& t, Layout l, HistsKind kind, u64 pieces, u64 seed) {
+    Rng r{seed};
+    const u32 choices[] = {0u, 1u, 7u, 512u, 2048u};
+    std::vector<u32> bins(l.C);
+    std::vector<float> hi(l.C);
+    std::vector<u64> offsets(l.C);
+    u64 total = 0;
+    std::vector<Tensor> channel(l.C);
+    for (u64 c = 0; c < l.C; ++c) {
+        // The channel's values as a tensor of their own (for ref_hist).
+        Tensor ch{Dtype::F32, {}, {}, 0, (size_t)(l.outer * l.inner)};
+        float amax = 0.0f;
+        for (u64 o = 0; o < l.outer; ++o)
+            for (u64 i = 0; i < l.inner; ++i) {
+                const float v = t.at((o * l.C + c) * l.inner + i);
+                ch.f32.push_back(v);
+                if (std::isfinite(v)) amax = std::fmax(amax, std::fabs(v));
+            }
+        channel[c] = ch;
+        bins[c] = choices[r.next() % 5];
+        const float scale[] = {1.0f, 0.5f, 0.0f, 2.0f};
+        hi[c] = amax * scale[r.next() % 4];
+        offsets[c] = total;
+        total += bins[c];
+    }
+    for (u32 want_extremes : {0u, 1u}) {
+        std::vector<u64> hist(total + 1, 0);
+        std::vector<u32> ext(2 * l.C + 2, 0);
+        if (d == Dtype::F32) run_hists<F32>(t, l, kind, pieces, pieces, offsets, bins, hi, want_extremes, hist, ext);
+        if (d == Dtype::F16) run_hists<F16>(t, l, kind, pieces, pieces, offsets, bins, hi, want_extremes, hist, ext);
+        if (d == Dtype::BF16) run_hists<BF16>(t, l, kind, pieces, pieces, offsets, bins, hi, want_extremes, hist, ext);
+        CHECK(hist[total] == 0, "hists %s: a count past the last channel", name(d));
+        for (u64 c = 0; c < l.C; ++c) {
+            if (bins[c] > 0) {
+                const std::vector<u64> want = ref_hist(channel[c], bins[c], hi[c]);
+                for (u32 b = 0; b < bins[c]; ++b)
+                    CHECK(hist[offsets[c] + b] == want[b],
+                          "hists %s [%llu,%llu,%llu] kind=%d c=%llu bins=%u hi=%g bin %u: got %llu want %llu", name(d),
+                          l.outer, l.C, l.inner, (int)kind, c, bins[c], hi[c], b, hist[offsets[c] + b], want[b]);
+            }
+            if (!want_extremes) {
+                CHECK(ext[c] == 0 && ext[l.C + c] == 0, "hists %s: extremes without asking", name(d));
+                continue;
+            }
+            float lo = INFINITY, up = -INFINITY;
+            for (float v : channel[c].f32) {
+                if (v < lo) lo = v;
+                if (v > up) up = v;
+            }
+            const float got_lo = ord_to_float(~ext[c]), got_up = ord_to_float(ext[l.C + c]);
+            CHECK(got_lo == lo && got_up == up, "hists extremes %s c=%llu: got (%g, %g) want (%g, %g)", name(d), c, got_lo, got_up, lo, up);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fake-quant errors.
 
@@ -335,30 +425,36 @@ static void test_division_identity() {
 // ---------------------------------------------------------------------------------------------
 // Percentile bins.
 
-static void test_first_bins(u64 seed, u32 bins) {
+// `count` histograms of `bins` bins one after another (one per channel), one block each.
+static void test_first_bins(u64 seed, u32 bins, u32 count) {
     Rng r{seed};
-    std::vector<u64> hist(bins);
+    std::vector<u64> hist((size_t)bins * count);
     u64 total = 0;
     for (auto& h : hist) {
         h = (r.next() % 4 == 0) ? 0 : r.next() % 1000;
         total += h;
     }
+    total /= count;
     std::vector<float> targets = {0.0f, 1.0f, (float)total * 0.5f, (float)total * 0.999f, (float)total,
                                   (float)total + 1.0f, (float)hist[0], (float)hist[0] + 0.5f};
-    std::vector<u32> got(targets.size(), 12345);
-    emu::launch({1, 1, 1}, BLOCK_THREADS, 0,
-                [&] { first_bins_reaching(hist.data(), bins, targets.data(), (u32)targets.size(), got.data()); });
-    for (size_t q = 0; q < targets.size(); ++q) {
-        u64 cum = 0;
-        u32 want = bins;
-        for (u32 b = 0; b < bins; ++b) {
-            cum += hist[b];
-            if ((double)cum >= (double)targets[q]) {
-                want = b;
-                break;
+    const size_t nt = targets.size();
+    std::vector<u32> got(nt * count, 12345);
+    emu::launch({count, 1, 1}, BLOCK_THREADS, 0,
+                [&] { first_bins_reaching(hist.data(), bins, targets.data(), (u32)nt, got.data()); });
+    for (u32 h = 0; h < count; ++h) {
+        for (size_t q = 0; q < nt; ++q) {
+            u64 cum = 0;
+            u32 want = bins;
+            for (u32 b = 0; b < bins; ++b) {
+                cum += hist[(size_t)h * bins + b];
+                if ((double)cum >= (double)targets[q]) {
+                    want = b;
+                    break;
+                }
             }
+            CHECK(got[h * nt + q] == want, "first bin bins=%u histogram %u target %g: got %u want %u", bins, h,
+                  targets[q], got[h * nt + q], want);
         }
-        CHECK(got[q] == want, "first bin bins=%u target %g: got %u want %u", bins, targets[q], got[q], want);
     }
 }
 
@@ -406,57 +502,85 @@ static double kl_direct(const std::vector<u64>& hist, u64 i, u64 nq) {
     return d;
 }
 
-static void test_kl(u64 seed, u64 L, u64 nq, bool zeros, bool spike) {
+// One histogram of the KL tests: L bins, a decaying shape, some empty bins, a spike at the top.
+struct KlCase {
+    u64 L;
+    bool zeros, spike;
+};
+
+static std::vector<u64> kl_hist(Rng& r, KlCase c) {
+    std::vector<u64> hist(c.L);
+    for (u64 b = 0; b < c.L; ++b) {
+        const double base = 2e5 * std::exp(-(double)b / ((double)c.L / 6.0));
+        hist[b] = (c.zeros && r.next() % 7 == 0) ? 0 : (u64)base + r.next() % 50;
+    }
+    if (c.spike) hist[c.L - 1] += 100000;
+    return hist;
+}
+
+// The histograms of `cases` searched as one batch (as the launcher in src/engine/cuda/kl.rs
+// lays them out), each against the literal formula and the window rule.
+static void test_kl(u64 seed, std::vector<KlCase> cases, u64 nq) {
     Rng r{seed};
-    std::vector<u64> hist(L);
-    for (u64 b = 0; b < L; ++b) {
-        const double base = 2e5 * std::exp(-(double)b / ((double)L / 6.0));
-        hist[b] = (zeros && r.next() % 7 == 0) ? 0 : (u64)base + r.next() % 50;
+    std::vector<std::vector<u64>> hists;
+    std::vector<u64> all, offsets{0}, div_offsets{0};
+    for (KlCase c : cases) {
+        hists.push_back(kl_hist(r, c));
+        all.insert(all.end(), hists.back().begin(), hists.back().end());
+        offsets.push_back(offsets.back() + c.L);
+        div_offsets.push_back(div_offsets.back() + c.L - KL_START_BIN + 1);
     }
-    if (spike) hist[L - 1] += 100000;
-    std::vector<u64> count(L + 1), nonzero(L + 1);
-    std::vector<double> hlnh(L + 1), hlnh_err(L + 1);
-    emu::launch({1, 1, 1}, BLOCK_THREADS, 0,
-                [&] { kl_prefix(hist.data(), L, count.data(), nonzero.data(), hlnh.data(), hlnh_err.data()); });
-    const u64 D = L - KL_START_BIN + 1;
-    std::vector<double> div(D);
-    emu::launch({(u32)D, 1, 1}, BLOCK_THREADS, 0, [&] {
-        kl_divergences(hist.data(), L, nq, count.data(), nonzero.data(), hlnh.data(), hlnh_err.data(), div.data());
+    const u64 count = cases.size(), bins = offsets.back(), candidates = div_offsets.back();
+    std::vector<u64> prefix_count(bins + count), nonzero(bins + count);
+    std::vector<double> hlnh(bins + count), hlnh_err(bins + count), div(candidates);
+    emu::launch({(u32)count, 1, 1}, BLOCK_THREADS, 0, [&] {
+        kl_prefix(all.data(), offsets.data(), prefix_count.data(), nonzero.data(), hlnh.data(), hlnh_err.data());
     });
-    std::vector<double> want(D);
-    for (u64 k = 0; k < D; ++k) {
-        want[k] = kl_direct(hist, k + KL_START_BIN, nq);
-        CHECK(std::fabs(div[k] - want[k]) <= 1e-10 * std::max(std::fabs(want[k]), 1e-3),
-              "kl L=%llu nq=%llu i=%llu: got %.17g want %.17g", L, nq, k + KL_START_BIN, div[k], want[k]);
+    emu::launch({(u32)candidates, 1, 1}, BLOCK_THREADS, 0, [&] {
+        kl_divergences(all.data(), offsets.data(), div_offsets.data(), count, nq, prefix_count.data(), nonzero.data(),
+                       hlnh.data(), hlnh_err.data(), div.data());
+    });
+    std::vector<i64> best(count, -2);
+    emu::launch({(u32)count, 1, 1}, BLOCK_THREADS, 0, [&] { kl_best_window(div.data(), div_offsets.data(), best.data()); });
+    for (u64 s = 0; s < count; ++s) {
+        const u64 L = cases[s].L, D = L - KL_START_BIN + 1;
+        std::vector<double> want(D);
+        for (u64 k = 0; k < D; ++k) {
+            want[k] = kl_direct(hists[s], k + KL_START_BIN, nq);
+            const double got = div[div_offsets[s] + k];
+            CHECK(std::fabs(got - want[k]) <= 1e-10 * std::max(std::fabs(want[k]), 1e-3),
+                  "kl histogram %llu L=%llu nq=%llu i=%llu: got %.17g want %.17g", s, L, nq, k + KL_START_BIN, got,
+                  want[k]);
+        }
+        // The window rule on the reference divergences.
+        const u64 W = D - KL_WINDOW - 1;
+        double mn = INFINITY;
+        std::vector<double> S(W);
+        for (u64 k = 0; k < W; ++k) {
+            double sum = 0;
+            for (int w = 0; w < KL_WINDOW; ++w) sum += want[k + w];
+            S[k] = sum;
+            mn = std::fmin(mn, sum);
+        }
+        i64 want_best = -1;
+        if (std::isfinite(mn))
+            for (u64 k = 0; k < W; ++k)
+                if (std::fabs(S[k] - mn) <= 1e-9 * std::fabs(mn)) want_best = (i64)k;
+        CHECK(best[s] == want_best, "kl best window histogram %llu L=%llu nq=%llu: got %lld want %lld", s, L, nq,
+              best[s], want_best);
     }
-    i64 best = -2;
-    emu::launch({1, 1, 1}, BLOCK_THREADS, 0, [&] { kl_best_window(div.data(), D, &best); });
-    // The window rule on the reference divergences.
-    const u64 W = D - KL_WINDOW - 1;
-    std::vector<double> S(W);
-    double mn = INFINITY;
-    for (u64 k = 0; k < W; ++k) {
-        double s = 0;
-        for (int w = 0; w < KL_WINDOW; ++w) s += want[k + w];
-        S[k] = s;
-        mn = std::fmin(mn, s);
-    }
-    i64 want_best = -1;
-    if (std::isfinite(mn))
-        for (u64 k = 0; k < W; ++k)
-            if (std::fabs(S[k] - mn) <= 1e-9 * std::fabs(mn)) want_best = (i64)k;
-    CHECK(best == want_best, "kl best window L=%llu nq=%llu: got %lld want %lld", L, nq, best, want_best);
 }
 
 static void test_best_window_ties() {
+    // Two histograms' divergences: a tie in the first, none finite in the second.
     std::vector<double> div(40, 1.0);
     div[5] = 0.0;  // windows 0..=5 hold it: the last of them wins
-    i64 best = -2;
-    emu::launch({1, 1, 1}, BLOCK_THREADS, 0, [&] { kl_best_window(div.data(), div.size(), &best); });
-    CHECK(best == 5, "tie: got %lld", best);
-    std::vector<double> inf(40, INFINITY);
-    emu::launch({1, 1, 1}, BLOCK_THREADS, 0, [&] { kl_best_window(inf.data(), inf.size(), &best); });
-    CHECK(best == -1, "all infinite: got %lld", best);
+    div.insert(div.end(), 30, INFINITY);
+    const std::vector<u64> div_offsets = {0, 40, 70};
+    std::vector<i64> best(2, -2);
+    emu::launch({2, 1, 1}, BLOCK_THREADS, 0, [&] { kl_best_window(div.data(), div_offsets.data(), best.data()); });
+    CHECK(best[0] == 5, "tie: got %lld", best[0]);
+    CHECK(best[1] == -1, "all infinite: got %lld", best[1]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -544,6 +668,22 @@ int main(int argc, char** argv) {
     std::printf("histogram ok\n");
 
     for (Dtype d : dtypes) {
+        // Channels outermost, in the middle, innermost (the rows and the columns kernels).
+        const Layout rows[] = {{1, 7, 300}, {4, 3, 5}, {3, 6, 7}, {2, 3, 256}, {70, 2, 2}, {150, 4, 255}, {1, 1, 500}};
+        for (Layout l : rows) {
+            const Tensor t = make(d, l.outer * l.C * l.inner, 1, ++seed, false, 2.0f);
+            test_hists(d, t, l, HistsKind::RowsShared, 3, ++seed);
+            test_hists(d, t, l, HistsKind::RowsGlobal, 2, ++seed);
+        }
+        const Layout cols[] = {{9, 5, 1}, {40, 3, 1}, {3, 300, 1}, {5, 257, 1}, {200, 12, 1}};
+        for (Layout l : cols) {
+            const Tensor t = make(d, l.outer * l.C * l.inner, 2, ++seed, false, 2.0f);
+            test_hists(d, t, l, HistsKind::Cols, 3, ++seed);
+        }
+    }
+    std::printf("per-channel histograms ok\n");
+
+    for (Dtype d : dtypes) {
         for (size_t n : {1ul, 31ul, 1000ul}) {
             const Tensor t = make(d, n, n % 4, ++seed, false, 0.5f);
             for (u64 K : {1ull, 9ull, 17ull}) test_fq(d, t, {1, 1, n}, K, -128.0f, 127.0f, 3, 1, ++seed);
@@ -561,14 +701,20 @@ int main(int argc, char** argv) {
     }
     std::printf("fake-quant errors ok\n");
 
-    for (u32 bins : {1u, 5u, 256u, 257u, 2048u, 3000u}) test_first_bins(++seed, bins);
+    for (u32 bins : {1u, 5u, 256u, 257u, 2048u, 3000u}) test_first_bins(++seed, bins, 1);
+    for (u32 bins : {7u, 300u}) test_first_bins(++seed, bins, 5);
     std::printf("percentile bins ok\n");
 
     test_best_window_ties();
-    for (auto [L, nq, zeros, spike] : {std::tuple{256ull, 128ull, false, false}, {512ull, 128ull, true, false},
-                                       {300ull, 8ull, true, true}, {260ull, 16ull, false, true},
-                                       {257ull, 32768ull, true, false}, {700ull, 128ull, true, true}})
-        test_kl(++seed, L, nq, zeros, spike);
+    test_kl(++seed, {{256, false, false}}, 128);
+    test_kl(++seed, {{512, true, false}}, 128);
+    test_kl(++seed, {{300, true, true}}, 8);
+    test_kl(++seed, {{260, false, true}}, 16);
+    test_kl(++seed, {{257, true, false}}, 32768);
+    test_kl(++seed, {{700, true, true}}, 128);
+    // Batches of histograms of different lengths (one per channel).
+    test_kl(++seed, {{256, false, false}, {138, true, false}, {400, true, true}}, 128);
+    test_kl(++seed, {{257, true, false}, {150, false, true}}, 32768);
     std::printf("kl ok\n");
     std::printf("%d checks passed\n", checks);
     return 0;

@@ -86,15 +86,6 @@ pub(crate) enum Engine {
     Cuda(Arc<cuda::CudaEngine>),
 }
 
-/// The refusal of the CUDA engine for the per-channel Percentile, KL and Mix passes (SPEC §8),
-/// whose kernels it does not have yet: an error, never a silent CPU run.
-fn not_on_cuda(what: &str) -> Error {
-    Error::Device(format!(
-        "{what} per channel (per-channel Percentile, KL and Mix, SPEC §8) is not yet available on the CUDA \
-         engine; run the observer on the CPU (Device::Cpu, --device cpu)"
-    ))
-}
-
 /// A batch loaded for one engine given to another (a bug in qcalib, not in the input).
 fn mismatch() -> Error {
     Error::Device("internal error in qcalib: a batch loaded for one engine was given to another".into())
@@ -160,7 +151,7 @@ impl Engine {
     /// count is `>= target` (`bins` when none is): `[channel][target]`; see
     /// [`search::percentile::first_bin_reaching`]. The CPU finds both in one pass over the data
     /// when it can (see `cpu::select`); a GPU runs the extremes kernel, then the percentile
-    /// kernels on the histogram it keeps (per tensor only, for now).
+    /// kernels on the histograms it keeps (one per channel, or one).
     pub(crate) fn extremes_and_percentile_bins(
         &self,
         x: &Loaded<'_>,
@@ -175,11 +166,16 @@ impl Engine {
         let (e, found) = match (self, x) {
             (_, Loaded::Host(x)) => host(x),
             (_, Loaded::HostCopy(x)) => host(&x.view()),
-            (Engine::Cuda(_), Loaded::Cuda(_)) if axis.is_some() => return Err(not_on_cuda("the percentile bins")),
             (Engine::Cuda(g), Loaded::Cuda(x)) => {
-                let e = g.extremes(x, None)?;
+                let e = g.extremes(x, axis)?;
                 e.check_finite()?;
-                let found = g.percentile_bins(x, bins, e.abs_max(0), targets)?;
+                let found = match axis {
+                    None => g.percentile_bins(x, bins, e.abs_max(0), targets)?,
+                    Some(axis) => {
+                        let hi: Vec<f32> = (0..e.min.len()).map(|c| e.abs_max(c)).collect();
+                        g.percentile_bins_per_channel(x, axis, bins, &hi, targets)?
+                    }
+                };
                 (e, found)
             }
             (Engine::Cpu, Loaded::Cuda(_)) => return Err(mismatch()),
@@ -211,7 +207,7 @@ impl Engine {
         match (self, x) {
             (_, Loaded::Host(x)) => Ok(host(x)),
             (_, Loaded::HostCopy(x)) => Ok(host(&x.view())),
-            (Engine::Cuda(_), Loaded::Cuda(_)) => Err(not_on_cuda("the histogram of |x|")),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => g.abs_histograms(x, axis, bins, hi, extremes),
             (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
         }
     }
@@ -266,7 +262,7 @@ impl Engine {
     pub(crate) fn kl_threshold_indices(&self, hists: &[&[u64]], nq: u64) -> Result<Vec<Option<usize>>> {
         match self {
             Engine::Cpu => Ok(search::kl::threshold_indices(hists, nq)),
-            Engine::Cuda(_) => Err(not_on_cuda("the KL search")),
+            Engine::Cuda(g) => g.kl_threshold_indices(hists, nq),
         }
     }
 }

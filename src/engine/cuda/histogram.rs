@@ -1,12 +1,13 @@
-//! Launches `kernels/histogram.cu`: the histogram of `|x|` with the bin rule of SPEC §5.
+//! Launches `kernels/histogram.cu`: the histogram of `|x|` with the bin rule of SPEC §5, per
+//! tensor or one per channel (SPEC §8).
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 
-use super::batch::{DeviceBatch, with_device_buf};
+use super::batch::{ChannelLayout, DeviceBatch, with_device_buf};
 use super::context::Gpu;
 use super::error::GpuError;
-use super::extremes::decode;
-use super::launch::{BLOCK_THREADS, KernelSpec, MAX_GRID_X, Param};
+use super::extremes::{decode, rows_split};
+use super::launch::{BLOCK_THREADS, KernelSpec, MAX_GRID_X, MAX_GRID_YZ, Param, inner_magic};
 use super::read_back::read_back;
 use crate::engine::Extremes;
 
@@ -18,6 +19,11 @@ const WITH_EXTREMES: [&str; 3] =
     ["abs_hist_extremes_shared_f32", "abs_hist_extremes_shared_f16", "abs_hist_extremes_shared_bf16"];
 const PARAMS: &[Param] = &[Ptr, U64, U32, F32, F64, Ptr];
 const WITH_EXTREMES_PARAMS: &[Param] = &[Ptr, U64, U32, F32, F64, Ptr, Ptr];
+const ROWS_SHARED: [&str; 3] = ["abs_hists_rows_shared_f32", "abs_hists_rows_shared_f16", "abs_hists_rows_shared_bf16"];
+const ROWS_GLOBAL: [&str; 3] = ["abs_hists_rows_global_f32", "abs_hists_rows_global_f16", "abs_hists_rows_global_bf16"];
+const COLS: [&str; 3] = ["abs_hists_cols_f32", "abs_hists_cols_f16", "abs_hists_cols_bf16"];
+const ROWS_PARAMS: &[Param] = &[Ptr, U64, U64, U64, U64, U32, Ptr, Ptr, Ptr, Ptr, U32, Ptr, Ptr];
+const COLS_PARAMS: &[Param] = &[Ptr, U64, U64, Ptr, Ptr, Ptr, Ptr, U32, Ptr, Ptr];
 
 /// The kernels of `kernels/histogram.cu`.
 pub(crate) const KERNELS: &[KernelSpec] = &[
@@ -30,6 +36,15 @@ pub(crate) const KERNELS: &[KernelSpec] = &[
     KernelSpec { module: "histogram", name: WITH_EXTREMES[0], params: WITH_EXTREMES_PARAMS },
     KernelSpec { module: "histogram", name: WITH_EXTREMES[1], params: WITH_EXTREMES_PARAMS },
     KernelSpec { module: "histogram", name: WITH_EXTREMES[2], params: WITH_EXTREMES_PARAMS },
+    KernelSpec { module: "histogram", name: ROWS_SHARED[0], params: ROWS_PARAMS },
+    KernelSpec { module: "histogram", name: ROWS_SHARED[1], params: ROWS_PARAMS },
+    KernelSpec { module: "histogram", name: ROWS_SHARED[2], params: ROWS_PARAMS },
+    KernelSpec { module: "histogram", name: ROWS_GLOBAL[0], params: ROWS_PARAMS },
+    KernelSpec { module: "histogram", name: ROWS_GLOBAL[1], params: ROWS_PARAMS },
+    KernelSpec { module: "histogram", name: ROWS_GLOBAL[2], params: ROWS_PARAMS },
+    KernelSpec { module: "histogram", name: COLS[0], params: COLS_PARAMS },
+    KernelSpec { module: "histogram", name: COLS[1], params: COLS_PARAMS },
+    KernelSpec { module: "histogram", name: COLS[2], params: COLS_PARAMS },
 ];
 
 /// The most bins counted in shared memory (48 KiB of u32, the limit without opting in).
@@ -128,4 +143,138 @@ fn launch<T>(
         .f64(&inv_hi)
         .slice_mut(hist)
         .launch((blocks, 1, 1), shared)
+}
+
+/// Per-channel histograms of `|x|` along the channels of `layout`: channel `c` gets `bins[c]`
+/// bins on `[0, hi[c]]` (none when `bins[c]` is 0; `hi[c] <= 0` counts its zeros in bin 0), left
+/// on the device, every channel's counts in turn. With `want_extremes`, also the per-channel
+/// extremes of `x`, from the same pass.
+pub(crate) fn abs_histograms_on_device(
+    gpu: &Gpu,
+    x: &DeviceBatch<'_>,
+    layout: ChannelLayout,
+    bins: &[usize],
+    hi: &[f32],
+    want_extremes: bool,
+) -> Result<(Option<Extremes>, CudaSlice<u64>), GpuError> {
+    let c = layout.channels;
+    if bins.len() as u64 != c || hi.len() as u64 != c {
+        return Err(GpuError::Internal(format!("{} bin counts and {} ranges for {c} channels", bins.len(), hi.len())));
+    }
+    if let Some(&b) = bins.iter().find(|&&b| b > u32::MAX as usize) {
+        return Err(GpuError::Internal(format!("{b} histogram bins")));
+    }
+    let mut offsets = Vec::with_capacity(bins.len());
+    let mut total = 0usize;
+    for &b in bins {
+        offsets.push(total as u64);
+        total = total.checked_add(b).ok_or_else(|| GpuError::TooLarge(format!("{c} channels' histograms")))?;
+    }
+    let stream = x.stream();
+    // One counter at least: a buffer of none cannot be passed to a kernel.
+    let mut hist = stream.alloc_zeros::<u64>(total.max(1))?;
+    let mut ext = stream.alloc_zeros::<u32>(2 * c as usize + 2)?;
+    let nbins: Vec<u32> = bins.iter().map(|&b| b as u32).collect();
+    // f64(1 / hi): the kernels' division, as for one histogram.
+    let inv_hi: Vec<f64> = hi.iter().map(|&h| if h > 0.0 { 1.0 / f64::from(h) } else { 0.0 }).collect();
+    let p = ChannelParams {
+        offsets: stream.clone_htod(&offsets)?,
+        bins: stream.clone_htod(&nbins)?,
+        hi: stream.clone_htod(hi)?,
+        inv_hi: stream.clone_htod(&inv_hi)?,
+        want_extremes: u32::from(want_extremes),
+        max_bins: bins.iter().copied().max().unwrap_or(0),
+    };
+    with_device_buf!(&x.data, buf, dtype => {
+        let view = buf.view().ok_or_else(|| GpuError::Internal("empty device view".into()))?;
+        launch_per_channel(gpu, stream, &view, dtype, layout, &p, &mut hist, &mut ext)?;
+    });
+    let extremes = if want_extremes { Some(decode(&read_back(stream, &ext)?, c as usize)) } else { None };
+    Ok((extremes, hist))
+}
+
+/// [`abs_histograms_on_device`], the counts read back.
+pub(crate) fn abs_histograms(
+    gpu: &Gpu,
+    x: &DeviceBatch<'_>,
+    layout: ChannelLayout,
+    bins: &[usize],
+    hi: &[f32],
+    want_extremes: bool,
+) -> Result<(Option<Extremes>, Vec<u64>), GpuError> {
+    let (extremes, hist) = abs_histograms_on_device(gpu, x, layout, bins, hi, want_extremes)?;
+    let total: usize = bins.iter().sum();
+    let mut counts = read_back(x.stream(), &hist)?;
+    counts.truncate(total);
+    Ok((extremes, counts))
+}
+
+/// The per-channel arguments of the per-channel histogram kernels, on the device.
+struct ChannelParams {
+    offsets: CudaSlice<u64>,
+    bins: CudaSlice<u32>,
+    hi: CudaSlice<f32>,
+    inv_hi: CudaSlice<f64>,
+    want_extremes: u32,
+    max_bins: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_per_channel<T>(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    x: &CudaView<'_, T>,
+    dtype: usize,
+    l: ChannelLayout,
+    p: &ChannelParams,
+    hist: &mut CudaSlice<u64>,
+    ext: &mut CudaSlice<u32>,
+) -> Result<(), GpuError> {
+    let (outer, c, inner) = (l.outer, l.channels, l.inner);
+    if c > 1 && inner == 1 {
+        // Channel-last: a block takes `tile` channels and `256 / tile` rows at a time (as the
+        // extremes kernel).
+        let tile = c.min(u64::from(BLOCK_THREADS));
+        let rows_per_step = u64::from(BLOCK_THREADS) / tile;
+        let tiles = c.div_ceil(tile);
+        let row_splits = (outer.div_ceil(rows_per_step * 64)).clamp(1, MAX_GRID_YZ);
+        return gpu
+            .launch(stream, COLS[dtype])?
+            .view(x)
+            .u64(&outer)
+            .u64(&c)
+            .slice(&p.offsets)
+            .slice(&p.bins)
+            .slice(&p.hi)
+            .slice(&p.inv_hi)
+            .u32(&p.want_extremes)
+            .slice_mut(hist)
+            .slice_mut(ext)
+            .launch((tiles, row_splits, 1), 0);
+    }
+    if c > MAX_GRID_X {
+        return Err(GpuError::TooLarge(format!("{c} channels (at most {MAX_GRID_X})")));
+    }
+    let (per_split, splits) = rows_split(l, ELEMS_PER_BLOCK, MAX_GRID_YZ)?;
+    // A block's values: `per_split` elements (one run per channel) or runs of `inner`.
+    let per_block = if outer == 1 { per_split } else { per_split.saturating_mul(inner) };
+    let shared = p.max_bins <= MAX_SHARED_BINS && per_block <= MAX_ELEMS_PER_BLOCK;
+    let (name, shared_bytes) =
+        if shared { (ROWS_SHARED[dtype], p.max_bins as u32 * 4) } else { (ROWS_GLOBAL[dtype], 0) };
+    let magic = inner_magic(inner);
+    gpu.launch(stream, name)?
+        .view(x)
+        .u64(&outer)
+        .u64(&c)
+        .u64(&inner)
+        .u64(&per_split)
+        .u32(&magic)
+        .slice(&p.offsets)
+        .slice(&p.bins)
+        .slice(&p.hi)
+        .slice(&p.inv_hi)
+        .u32(&p.want_extremes)
+        .slice_mut(hist)
+        .slice_mut(ext)
+        .launch((c, splits, 1), shared_bytes)
 }

@@ -1,5 +1,6 @@
-//! Launches `kernels/kl.cu`: the KL threshold search of SPEC §4 on a histogram (every candidate
-//! in parallel, the window sums and the tie rule on the device; one index comes back).
+//! Launches `kernels/kl.cu`: the KL threshold search of SPEC §4 on a batch of histograms (one per
+//! channel, SPEC §8; or one per tensor): every candidate of every histogram in parallel, the
+//! window sums and the tie rule on the device; one index per histogram comes back.
 
 use super::context::Gpu;
 use super::error::GpuError;
@@ -15,57 +16,107 @@ const BEST_WINDOW: &str = "kl_best_window";
 
 /// The kernels of `kernels/kl.cu`.
 pub(crate) const KERNELS: &[KernelSpec] = &[
-    KernelSpec { module: "kl", name: PREFIX, params: &[Ptr, U64, Ptr, Ptr, Ptr, Ptr] },
-    KernelSpec { module: "kl", name: DIVERGENCES, params: &[Ptr, U64, U64, Ptr, Ptr, Ptr, Ptr, Ptr] },
-    KernelSpec { module: "kl", name: BEST_WINDOW, params: &[Ptr, U64, Ptr] },
+    KernelSpec { module: "kl", name: PREFIX, params: &[Ptr, Ptr, Ptr, Ptr, Ptr, Ptr] },
+    KernelSpec { module: "kl", name: DIVERGENCES, params: &[Ptr, Ptr, Ptr, U64, U64, Ptr, Ptr, Ptr, Ptr, Ptr] },
+    KernelSpec { module: "kl", name: BEST_WINDOW, params: &[Ptr, Ptr, Ptr] },
 ];
 
 /// [`crate::search::kl::threshold_index`] on the GPU: the index into the edges, `k* + 132`, or
 /// `None` when no window sum is finite.
 pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option<usize>, GpuError> {
-    // The cases without a search, exactly as the CPU's: too few bins for a window (SPEC §4: the
-    // `len - 127` divergences must hold one window of 9 and the two left out after it), or no
-    // counts.
-    let len = hist.len();
-    if len < START_BIN + WINDOW + 1 {
-        return Ok(None);
+    Ok(threshold_indices(gpu, &[hist], nq)?.first().copied().flatten())
+}
+
+/// The most bins searched by one group of launches: its buffers on the device (the histograms,
+/// four prefix tables, the divergences) then take at most about 800 MiB, whatever the number of
+/// channels (SPEC §8 allows 2^27 counters). The unit tests use groups of 1024 bins, so that
+/// their batches are cut into several groups.
+const GROUP_BINS: u64 = if cfg!(test) { 1 << 10 } else { 1 << 24 };
+
+/// [`crate::search::kl::threshold_indices`] on the GPU: [`threshold_index`] of every histogram
+/// of `hists`, searched together (three launches per group of up to [`GROUP_BINS`] bins).
+pub(crate) fn threshold_indices(gpu: &Gpu, hists: &[&[u64]], nq: u64) -> Result<Vec<Option<usize>>, GpuError> {
+    let mut found = vec![None; hists.len()];
+    // The histograms searched: those with a window (SPEC §4: the `len - 127` divergences must
+    // hold one window of 9 and the two left out after it) and counts that a u64 holds, as on the
+    // CPU; the others have no threshold.
+    let searched: Vec<usize> = (0..hists.len())
+        .filter(|&s| {
+            let h = hists[s];
+            h.len() > START_BIN + WINDOW && {
+                let total = h[1..].iter().try_fold(h[1], |t, &v| t.checked_add(v));
+                !matches!(total, Some(0) | None)
+            }
+        })
+        .collect();
+    let mut group: Vec<usize> = Vec::new();
+    let mut group_bins = 0u64;
+    for (n, &s) in searched.iter().enumerate() {
+        group.push(s);
+        group_bins += hists[s].len() as u64;
+        let next = searched.get(n + 1).map_or(u64::MAX, |&t| hists[t].len() as u64);
+        if group_bins.saturating_add(next) > GROUP_BINS {
+            for (&s, k) in group.iter().zip(search_group(gpu, hists, &group, nq)?) {
+                found[s] = k;
+            }
+            group.clear();
+            group_bins = 0;
+        }
     }
-    let total = hist[1..].iter().try_fold(hist[1], |t, &h| t.checked_add(h));
-    if matches!(total, Some(0) | None) {
-        return Ok(None); // no counts, or more than u64 holds (no defined divergence, as on the CPU)
+    Ok(found)
+}
+
+/// The thresholds of the histograms `hists[s]` for `s` in `group` (each with a search).
+fn search_group(gpu: &Gpu, hists: &[&[u64]], group: &[usize], nq: u64) -> Result<Vec<Option<usize>>, GpuError> {
+    // Histogram s at offsets[s] in the concatenation, its divergences at div_offsets[s].
+    let (mut offsets, mut div_offsets) = (vec![0u64], vec![0u64]);
+    for &s in group {
+        let len = hists[s].len() as u64;
+        offsets.push(offsets[offsets.len() - 1] + len);
+        div_offsets.push(div_offsets[div_offsets.len() - 1] + len - START_BIN as u64 + 1);
     }
-    let candidates = (len - START_BIN + 1) as u64;
-    if candidates > MAX_GRID_X {
-        return Err(GpuError::TooLarge(format!("{len} histogram bins")));
+    let (bins, candidates) = (offsets[group.len()], div_offsets[group.len()]);
+    if candidates > MAX_GRID_X || group.len() as u64 > MAX_GRID_X {
+        return Err(GpuError::TooLarge(format!("{bins} histogram bins in {} histograms", group.len())));
     }
+    let concatenated: Vec<u64> = group.iter().flat_map(|&s| hists[s].iter().copied()).collect();
+    let count = group.len() as u64;
     let stream = &gpu.stream;
-    let l = len as u64;
-    let h = stream.clone_htod(hist)?;
-    let mut count = stream.alloc_zeros::<u64>(len + 1)?;
-    let mut nonzero = stream.alloc_zeros::<u64>(len + 1)?;
-    let mut hlnh = stream.alloc_zeros::<f64>(len + 1)?;
-    let mut hlnh_err = stream.alloc_zeros::<f64>(len + 1)?;
+    let h = stream.clone_htod(&concatenated)?;
+    let offsets_dev = stream.clone_htod(&offsets)?;
+    let div_offsets_dev = stream.clone_htod(&div_offsets)?;
+    // The prefix tables: L + 1 entries per histogram.
+    let table = bins as usize + group.len();
+    let mut prefix_count = stream.alloc_zeros::<u64>(table)?;
+    let mut nonzero = stream.alloc_zeros::<u64>(table)?;
+    let mut hlnh = stream.alloc_zeros::<f64>(table)?;
+    let mut hlnh_err = stream.alloc_zeros::<f64>(table)?;
     gpu.launch(stream, PREFIX)?
         .slice(&h)
-        .u64(&l)
-        .slice_mut(&mut count)
+        .slice(&offsets_dev)
+        .slice_mut(&mut prefix_count)
         .slice_mut(&mut nonzero)
         .slice_mut(&mut hlnh)
         .slice_mut(&mut hlnh_err)
-        .launch((1, 1, 1), 0)?;
+        .launch((count, 1, 1), 0)?;
     let mut div = stream.alloc_zeros::<f64>(candidates as usize)?;
     gpu.launch(stream, DIVERGENCES)?
         .slice(&h)
-        .u64(&l)
+        .slice(&offsets_dev)
+        .slice(&div_offsets_dev)
+        .u64(&count)
         .u64(&nq)
-        .slice(&count)
+        .slice(&prefix_count)
         .slice(&nonzero)
         .slice(&hlnh)
         .slice(&hlnh_err)
         .slice_mut(&mut div)
         .launch((candidates, 1, 1), 0)?;
-    let mut best = stream.alloc_zeros::<i64>(1)?;
-    gpu.launch(stream, BEST_WINDOW)?.slice(&div).u64(&candidates).slice_mut(&mut best).launch((1, 1, 1), 0)?;
-    let best = read_back(stream, &best)?;
-    Ok(best.first().and_then(|&k| usize::try_from(k).ok()).map(|k| k + EDGE_OFFSET))
+    let mut best = stream.alloc_zeros::<i64>(group.len())?;
+    gpu.launch(stream, BEST_WINDOW)?
+        .slice(&div)
+        .slice(&div_offsets_dev)
+        .slice_mut(&mut best)
+        .launch((count, 1, 1), 0)?;
+    Ok(read_back(stream, &best)?.into_iter().map(|k| usize::try_from(k).ok().map(|k| k + EDGE_OFFSET)).collect())
 }

@@ -224,6 +224,22 @@ impl CudaEngine {
         }
     }
 
+    /// Histograms of `|x|` per channel along `axis` (`bins[c]` bins on `[0, hi[c]]`, every
+    /// channel's counts in turn), and with `want_extremes` the per-channel extremes from the same
+    /// pass.
+    pub(crate) fn abs_histograms(
+        &self,
+        x: &DeviceBatch<'_>,
+        axis: usize,
+        bins: &[usize],
+        hi: &[f32],
+        want_extremes: bool,
+    ) -> Result<(Option<Extremes>, Vec<u64>)> {
+        self.run("the per-channel histogram kernel", |gpu| {
+            histogram::abs_histograms(gpu, x, x.layout(Some(axis)), bins, hi, want_extremes)
+        })
+    }
+
     /// The first bins of the histogram of `|x|` whose cumulative counts reach `targets`.
     pub(crate) fn percentile_bins(
         &self,
@@ -233,6 +249,22 @@ impl CudaEngine {
         targets: &[f32],
     ) -> Result<Vec<usize>> {
         self.run("the percentile kernels", |gpu| percentile::percentile_bins(gpu, x, bins, hi, targets))
+    }
+
+    /// For each channel `c` along `axis` and each target, the first bin of the channel's histogram
+    /// of `|x|` (`bins` bins on `[0, hi[c]]`) whose cumulative count reaches it:
+    /// `[channel][target]`.
+    pub(crate) fn percentile_bins_per_channel(
+        &self,
+        x: &DeviceBatch<'_>,
+        axis: usize,
+        bins: usize,
+        hi: &[f32],
+        targets: &[f32],
+    ) -> Result<Vec<usize>> {
+        self.run("the per-channel percentile kernels", |gpu| {
+            percentile::percentile_bins_per_channel(gpu, x, x.layout(Some(axis)), bins, hi, targets)
+        })
     }
 
     /// Sums of squared fake-quantization errors, `[k][channels]`.
@@ -253,5 +285,11 @@ impl CudaEngine {
     /// The KL threshold index of a host histogram (see [`crate::search::kl::threshold_index`]).
     pub(crate) fn kl_threshold_index(&self, hist: &[u64], nq: u64) -> Result<Option<usize>> {
         self.run("the KL search kernels", |gpu| kl::threshold_index(gpu, hist, nq))
+    }
+
+    /// The KL threshold index of each histogram of `hists` (one per channel), searched together
+    /// (see [`crate::search::kl::threshold_indices`]).
+    pub(crate) fn kl_threshold_indices(&self, hists: &[&[u64]], nq: u64) -> Result<Vec<Option<usize>>> {
+        self.run("the KL search kernels", |gpu| kl::threshold_indices(gpu, hists, nq))
     }
 }

@@ -268,3 +268,133 @@ fn device_tensors_are_read_in_place_and_copied_for_the_cpu() {
     assert_eq!(g.abs_histogram(&batch, 2048, 3.0).unwrap(), cpu::abs_histogram(&x, 2048, 3.0));
     assert!(CudaTensorView::from_slice(&on_gpu, &[7, 3, 5]).is_err(), "a shape of another length");
 }
+
+/// Shapes and channel axes of the per-channel tests: channels outermost (one run each, or runs
+/// of `inner` values), innermost (`[rows, C]`: one value per channel per row, fewer and more
+/// channels than a block has threads), and a single channel.
+const PER_CHANNEL: &[(&[usize], usize)] = &[
+    (&[3, 1000], 0),
+    (&[1000, 3], 1),
+    (&[7, 33, 9], 1),
+    (&[4, 300, 2], 0),
+    (&[4, 300, 2], 2),
+    (&[40, 300], 1),
+    (&[2, 1, 500], 1),
+];
+
+#[test]
+fn per_channel_histograms_are_identical() {
+    let Some(g) = gpu("per_channel_histograms_are_identical") else { return };
+    for (s, &(shape, axis)) in PER_CHANNEL.iter().enumerate() {
+        let (a, h, b) = tensors(shape, 600 + s as u64);
+        let views: [TensorView<'_>; 3] = [(&a).into(), (&h).into(), (&b).into()];
+        for x in views {
+            let batch = loaded(&g, &Input::Host(x.clone()));
+            let e = cpu::extremes(&x, Some(axis));
+            let channels = e.min.len();
+            // Bin counts that differ by channel (none for some), in shared memory and not, and
+            // ranges that cut the channel, cover it, or are all-zero.
+            for sizes in [&[7usize, 0, 512, 1, 2048][..], &[MAX_SHARED_BINS + 1, 3, 0, 0, 0, 0, 0, 0]] {
+                let bins: Vec<usize> = (0..channels).map(|c| sizes[c % sizes.len()]).collect();
+                let hi: Vec<f32> = (0..channels).map(|c| e.abs_max(c) * [1.0, 0.5, 0.0, 2.0][c % 4]).collect();
+                let what = format!("{} {shape:?} axis {axis} bins {sizes:?}", x.dtype_name());
+                let want = cpu::abs_histograms(&x, axis, &bins, &hi);
+                let (none, got) = g.abs_histograms(&batch, axis, &bins, &hi, false).unwrap();
+                assert!(none.is_none() && got == want, "{what}");
+                let (want_e, want_h) = cpu::extremes_and_abs_histograms(&x, axis, &bins, &hi);
+                let (got_e, got_h) = g.abs_histograms(&batch, axis, &bins, &hi, true).unwrap();
+                assert!(got_h == want_h, "with extremes: {what}");
+                assert_eq!(got_e, Some(want_e), "with extremes: {what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn per_channel_percentile_bins_are_identical() {
+    let Some(g) = gpu("per_channel_percentile_bins_are_identical") else { return };
+    let gpu_engine = Engine::Cuda(g.clone());
+    for (s, &(shape, axis)) in PER_CHANNEL.iter().enumerate() {
+        let (a, h, b) = tensors(shape, 700 + s as u64);
+        let views: [TensorView<'_>; 3] = [(&a).into(), (&h).into(), (&b).into()];
+        for x in views {
+            let batch = Loaded::Cuda(loaded(&g, &Input::Host(x.clone())));
+            let per_channel = x.len() / shape[axis];
+            // More targets than one launch takes (32), and the edges.
+            let mut targets = vec![0.0, 1.0, per_channel as f32 * 0.5, per_channel as f32 + 1.0];
+            targets.extend((0..30).map(|t| per_channel as f32 * (0.9 + 0.003 * t as f32)));
+            // More bins than shared memory holds only for a few channels (softgpu's time).
+            for bins in [7, 2048, MAX_SHARED_BINS + 1].into_iter().filter(|&b| b <= 2048 || shape[axis] <= 8) {
+                let what = format!("{} {shape:?} axis {axis} bins {bins}", x.dtype_name());
+                let want =
+                    Engine::Cpu.extremes_and_percentile_bins(&Loaded::Host(x.clone()), Some(axis), bins, &targets);
+                let got = gpu_engine.extremes_and_percentile_bins(&batch, Some(axis), bins, &targets);
+                assert_eq!(got.unwrap(), want.unwrap(), "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn per_channel_percentile_bins_of_all_zero_channels_are_identical() {
+    let Some(g) = gpu("per_channel_percentile_bins_of_all_zero_channels_are_identical") else { return };
+    let gpu_engine = Engine::Cuda(g.clone());
+    for (shape, axis) in [([5usize, 300usize], 0usize), ([300, 5], 1)] {
+        let mut a = tensors(&shape, 800).0;
+        a.index_axis_mut(ndarray::Axis(axis), 2).fill(0.0);
+        a.index_axis_mut(ndarray::Axis(axis), 4).fill(-0.0);
+        let x = TensorView::from(&a);
+        let batch = Loaded::Cuda(loaded(&g, &Input::Host(x.clone())));
+        let targets = [0.0, 1.0, 150.0, 299.97, 300.0, 301.0];
+        for bins in [7, 2048] {
+            let want = Engine::Cpu.extremes_and_percentile_bins(&Loaded::Host(x.clone()), Some(axis), bins, &targets);
+            let got = gpu_engine.extremes_and_percentile_bins(&batch, Some(axis), bins, &targets);
+            assert_eq!(got.unwrap(), want.unwrap(), "{shape:?} axis {axis} bins {bins}");
+        }
+    }
+}
+
+#[test]
+fn per_channel_kl_thresholds_are_identical() {
+    let Some(g) = gpu("per_channel_kl_thresholds_are_identical") else { return };
+    let mut rng = Rng::new(19);
+    let mut hist = |len: usize, zeros: bool, scale: f64| -> Vec<u64> {
+        (0..len)
+            .map(|b| {
+                let base = (scale * (-(b as f64) / (len as f64 / 6.0)).exp()) as u64;
+                if zeros && rng.next_u64().is_multiple_of(5) { 0 } else { base + rng.next_u64() % 50 }
+            })
+            .collect()
+    };
+    // Histograms of different lengths in one batch, with some that have no search (too short,
+    // empty, all the mass in the top bins) between them.
+    let mut top = vec![0u64; 300];
+    top[299] = 1000;
+    let hists: Vec<Vec<u64>> = vec![
+        hist(512, false, 2e5),
+        hist(137, false, 2e5),
+        hist(138, true, 1e3),
+        vec![0; 600],
+        hist(2048, true, 5e6),
+        top,
+        Vec::new(),
+        hist(700, false, 30.0),
+        hist(256, true, 2e5),
+        // Counts far above 1e10 next to small ones (the CPU's series and small-count terms of
+        // the candidates with one level per bin), and a sparse histogram of ones.
+        hist(600, true, 1e13),
+        (0..400u64).map(|b| u64::from(b % 9 == 0)).collect(),
+    ];
+    let refs: Vec<&[u64]> = hists.iter().map(Vec::as_slice).collect();
+    for nq in [8, 128, 256, 32768] {
+        let want = search::kl::threshold_indices(&refs, nq);
+        assert_eq!(g.kl_threshold_indices(&refs, nq).unwrap(), want, "nq {nq}");
+        // The same as searching each alone (per tensor), on both engines.
+        for (h, w) in refs.iter().zip(&want) {
+            assert_eq!(search::kl::threshold_index(h, nq), *w, "nq {nq}");
+            assert_eq!(g.kl_threshold_index(h, nq).unwrap(), *w, "nq {nq}: one histogram");
+        }
+    }
+    assert_eq!(g.kl_threshold_indices(&[], 128).unwrap(), Vec::<Option<usize>>::new());
+    assert_eq!(g.kl_threshold_indices(&[&[0; 600], &[1; 100]], 128).unwrap(), vec![None, None]);
+}
