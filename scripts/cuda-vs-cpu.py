@@ -9,7 +9,8 @@ transposed copies, a safetensors file, every batch in one file) and runs a grid 
 dtypes and parameters over them, per tensor and per channel (every axis of the 3-D activations,
 negative axes included). Without a GPU, run it under softgpu (`source scripts/softgpu-env.sh`),
 as CI does: that checks the CUDA engine's kernels and launches in software. Exits 1 when a case
-differs or fails on one device only, and prints a summary line either way.
+differs, fails on one device only or is refused on both (every case of the grid is valid), and
+prints a summary line either way.
 """
 
 import json
@@ -152,8 +153,8 @@ def main():
             cuda, cuda_err = run(binary, args, made[name], "cuda")
             if cpu_err or cuda_err:
                 if cpu_err and cuda_err:
-                    refused += 1  # refused on both devices: not a difference, but said
-                    print(f"refused on both devices: {name} {' '.join(args)}: {cpu_err}")
+                    refused += 1  # every case of the grid is valid: a refusal is a failure too
+                    print(f"REFUSED on both devices: {name} {' '.join(args)}: {cpu_err}")
                     continue
                 bad += 1
                 print(f"FAILED on one device: {name} {' '.join(args)}: cpu: {cpu_err}; cuda: {cuda_err}")
@@ -163,7 +164,7 @@ def main():
     same = len(grid) - bad - refused
     print(f"cuda = cpu: {same}/{len(grid)} derived cases give the same JSON (but the device), "
           f"{bad} differ or fail on one device, {refused} refused on both")
-    sys.exit(1 if bad else 0)
+    sys.exit(1 if bad or refused else 0)
 
 
 if __name__ == "__main__":
