@@ -38,6 +38,16 @@ pub(crate) trait Reducer: Sync {
     /// The part covers all channels.
     fn rows(&self, part: &mut Self::Part, rows: &[f32], channels: usize);
 
+    /// Adds `n` rows of `width` values that lie `stride` apart in `data` (row `i` is
+    /// `data[i * stride..][..width]`; value `j` of a row belongs to the part's channel `j`): a
+    /// block of columns of a wider f32 tensor, read where it is. The default copies nothing
+    /// either: it hands each row to [`rows`](Reducer::rows).
+    fn columns(&self, part: &mut Self::Part, data: &[f32], n: usize, width: usize, stride: usize) {
+        for i in 0..n {
+            self.rows(part, &data[i * stride..][..width], width);
+        }
+    }
+
     /// For a dense tensor whose channel axis is innermost: `Some(n)` to have tasks take blocks of
     /// `n` channels through all rows (each block's part stays small enough for the caches, and
     /// sees its channels' values as rows of `n`), `None` (the default) to cut the rows among
@@ -175,8 +185,8 @@ fn reduce_rows<T: Element, R: Reducer>(data: &[T], outer: usize, channels: usize
 }
 
 /// A dense slice of `outer` rows of `channels` values (channel axis innermost), walked by blocks
-/// of `block` channels: a task takes a block through a range of rows, copying (and widening)
-/// the block's columns of a few rows at a time into rows of `block` values.
+/// of `block` channels: a task takes a block through a range of rows, reading the block's
+/// columns in place (f32), or widening those of a few rows at a time into rows of `block` values.
 fn reduce_columns<T: Element, R: Reducer>(data: &[T], outer: usize, channels: usize, block: usize, r: &R) -> R::Part {
     let blocks = channels.div_ceil(block);
     // Row pieces per block: enough tasks to balance threads when there are few blocks, within the
@@ -191,6 +201,13 @@ fn reduce_columns<T: Element, R: Reducer>(data: &[T], outer: usize, channels: us
             let (first, width) = (b * block, block.min(channels - b * block));
             let mut part = r.part(first, width);
             let rows = (p * rows_per).min(outer)..((p + 1) * rows_per).min(outer);
+            if let Some(x) = T::as_f32(data) {
+                // f32: the block's columns read in place (no copy).
+                if !rows.is_empty() {
+                    r.columns(&mut part, &x[rows.start * channels + first..], rows.len(), width, channels);
+                }
+                return part;
+            }
             let per_copy = (WIDEN_BLOCK / width).max(1);
             let mut buf = vec![0f32; per_copy * width];
             let mut row = rows.start;
