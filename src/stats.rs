@@ -78,3 +78,18 @@ fn check_axis(x: &Input<'_>, axis: Option<usize>) -> Result<()> {
 pub fn kl_threshold_index(hist: &[u64], levels: u64, device: Device) -> Result<Option<usize>> {
     Engine::new(device)?.kl_threshold_index(hist, levels)
 }
+
+/// [`kl_threshold_index`] of every histogram of `hists` (one per channel of a per-channel KL
+/// observer, SPEC §8), on `device`: the CPU engine searches the channels in parallel, the CUDA
+/// engine all of them in three launches (see [`search::kl::threshold_indices`](crate::search::kl::threshold_indices)).
+///
+/// ```
+/// use qcalib::{stats, Device};
+/// let a: Vec<u64> = (0..512).map(|b| (1e6 * (-(b as f64 / 60.0).powi(2)).exp()) as u64).collect();
+/// let found = stats::kl_threshold_indices(&[&a, &[]], 128, Device::Cpu)?;
+/// assert_eq!(found, vec![stats::kl_threshold_index(&a, 128, Device::Cpu)?, None]);
+/// # Ok::<(), qcalib::Error>(())
+/// ```
+pub fn kl_threshold_indices(hists: &[&[u64]], levels: u64, device: Device) -> Result<Vec<Option<usize>>> {
+    Engine::new(device)?.kl_threshold_indices(hists, levels)
+}
