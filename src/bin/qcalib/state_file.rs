@@ -22,9 +22,10 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use qcalib::observer::state::parse_json_strict;
 use qcalib::{Observer, ObserverState};
@@ -280,7 +281,7 @@ impl StateLock {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    let holder = holder_of(&file).map_or("pid unknown".to_string(), |pid| format!("pid {pid}"));
+                    let holder = wait_for_holder(&file).map_or("pid unknown".to_string(), |pid| format!("pid {pid}"));
                     return Err(format!("{} is in use by another qcalib process ({holder})", state.display()));
                 }
                 Err(TryLockError::Error(e)) => {
@@ -312,9 +313,30 @@ impl Drop for StateLock {
     }
 }
 
-/// The process id written in a lock file, if it holds one.
+/// How long a run that found the state locked waits for the holder's process id to appear in
+/// the lock file: the holder writes it just after it takes the lock.
+const HOLDER_PID_WAIT: Duration = Duration::from_secs(2);
+
+/// The process id written in the lock file `file` that another process holds, read again until
+/// it is there (the holder may have the lock and not yet have written it) or
+/// [`HOLDER_PID_WAIT`] has passed.
+fn wait_for_holder(file: &File) -> Option<u32> {
+    let start = Instant::now();
+    loop {
+        if let Some(pid) = holder_of(file) {
+            return Some(pid);
+        }
+        if start.elapsed() >= HOLDER_PID_WAIT {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The process id written in a lock file, if it holds one (read from its start).
 fn holder_of(mut file: &File) -> Option<u32> {
     let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
     file.read_to_string(&mut text).ok()?;
     text.trim().parse().ok()
 }
