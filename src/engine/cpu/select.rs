@@ -234,9 +234,18 @@ fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -
     if (last - first) / m > MAX_EXPECTED_FRACTION {
         return None;
     }
-    // The two order statistics of the sample (a selection each, not a sort): the upper one
-    // first, then the lower one among the values below it.
+    // The two order statistics of the sample that bound the bracket.
     let (lo_at, hi_at) = ((first >= 0.0).then_some(first as usize), (last < m - 1.0).then_some(last.ceil() as usize));
+    let (lo, hi) = order_statistics(sample, lo_at, hi_at);
+    // Each piece may collect its share of twice the expected count, plus some room.
+    let cap_fraction = 2.0 * (last - first) / m;
+    Some(Bracket { lo, hi, cap_fraction })
+}
+
+/// The values at positions `lo_at` and `hi_at` of `sample` in sorted order (`0` and `u32::MAX`
+/// for a position that is `None`), by two selections, not a sort: the upper one first, then the
+/// lower one among the values below it. Reorders `sample`.
+pub(crate) fn order_statistics(sample: &mut [u32], lo_at: Option<usize>, hi_at: Option<usize>) -> (u32, u32) {
     let mut below = sample;
     let hi = match hi_at {
         Some(at) => {
@@ -251,9 +260,7 @@ fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -
         Some(_) => hi, // both positions are the same
         None => 0,
     };
-    // Each piece may collect its share of twice the expected count, plus some room.
-    let cap_fraction = 2.0 * (last - first) / m;
-    Some(Bracket { lo, hi, cap_fraction })
+    (lo, hi)
 }
 
 /// Finds the extremes of `x`, counts the values of `|x|` below `lo` and collects those in

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::histogram::bin_of;
 use super::min_max::{self, ExtremesPart, ExtremesReducer};
-use super::select::abs_bits;
+use super::select::{abs_bits, order_statistics};
 use super::simd::{LANES, multiversion, prefetch};
 use super::walk::Reducer;
 use crate::search::percentile::{DecidingRank, deciding_rank};
@@ -164,20 +164,7 @@ impl Brackets {
         let (lo, width): (Vec<u32>, Vec<u32>) = sample
             .par_chunks_mut(m)
             .map(|s| {
-                let mut below = &mut s[..];
-                let hi = match hi_at {
-                    Some(at) => {
-                        let (smaller, &mut v, _) = below.select_nth_unstable(at);
-                        below = smaller;
-                        v
-                    }
-                    None => u32::MAX,
-                };
-                let lo = match lo_at {
-                    Some(at) if at < below.len() => *below.select_nth_unstable(at).1,
-                    Some(_) => hi,
-                    None => 0,
-                };
+                let (lo, hi) = order_statistics(s, lo_at, hi_at);
                 (lo, hi - lo)
             })
             .unzip();
