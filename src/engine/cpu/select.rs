@@ -78,61 +78,33 @@ pub(crate) fn extremes_and_percentile_bins<T: Element>(
     (e, bins)
 }
 
-/// Values of a run that stays in the caches between two passes over it (a channel's run of at
-/// most 512 KiB of f32).
-pub(crate) const CACHED_RUN: usize = 1 << 17;
-/// One sample value per this many values of a cached run (at a varying offset inside each group).
-const CACHED_SAMPLE_EVERY: usize = 64;
-/// Sample positions added on each side of a rank on top of [`SPREAD`] for a cached run's sample
-/// (single values at varying offsets: close to independent).
-const CACHED_SLACK: f64 = 2.0;
-
-/// [`extremes_and_percentile_bins`] of a run of f32 values that stays in the caches (at most
-/// [`CACHED_RUN`], e.g. one channel's values): the first pass reads the run from memory for its
-/// extremes and takes a sample of it, the second reads it from the cache to count the values
-/// below the bracket and collect those inside. No scattered reads from memory, as a sample of a
-/// large tensor needs. `None` for the bins where the caller must count the histogram.
-pub(crate) fn extremes_and_percentile_bins_of_cached_run(
-    x: &[f32],
-    bins: usize,
-    targets: &[f32],
-) -> (ExtremesPart, Option<Vec<usize>>) {
-    let n = x.len();
-    let mut e = ExtremesReducer.part(0, 1);
-    e.add(0, min_max::extremes(x));
-    let ranks: Vec<DecidingRank> = targets.iter().map(|&t| deciding_rank(t, n as u64)).collect();
-    let wanted: Vec<u64> =
-        ranks.iter().filter_map(|r| if let DecidingRank::Rank(k) = *r { Some(k) } else { None }).collect();
-    if e.non_finite > 0 || wanted.is_empty() || n < MIN_ELEMENTS {
-        return (e, None);
-    }
-    // One value per group of 64, at an offset that varies from group to group.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut sample: Vec<u32> = x
-        .chunks_exact(CACHED_SAMPLE_EVERY)
-        .map(|group| {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            abs_bits(group[(state >> 33) as usize % CACHED_SAMPLE_EVERY])
-        })
-        .collect();
-    let Some(bracket) = bracket_of_sample(&mut sample, n, &wanted, CACHED_SLACK) else {
-        return (e, None);
-    };
-    let mut found = Found { extremes: Extremes::EMPTY, below: 0, inside: Vec::new(), seen: 0, overflowed: false };
-    bracket.run(&mut found, 0, x);
-    let bins = bins_of_ranks(&e, found, bins, &ranks);
-    (e, bins)
-}
-
 /// The bin of every rank, from the values `found` collected; `None` when one is missing.
 fn bins_of_ranks(e: &ExtremesPart, mut found: Found, bins: usize, ranks: &[DecidingRank]) -> Option<Vec<usize>> {
     let (&[lo], &[hi]) = (e.min.as_slice(), e.max.as_slice()) else {
         return None;
     };
-    if e.non_finite > 0 || bins == 0 || found.overflowed {
+    if e.non_finite > 0 || found.overflowed {
         return None;
     }
-    let range = if -lo > hi { -lo } else { hi };
+    bins_of_collected(lo, hi, found.below, &mut found.inside, bins, ranks)
+}
+
+/// The bin of every rank among the (finite) values of one tensor or channel, with the extremes
+/// `min` and `max`, from the count of values below a bracket (`below`) and the `|v|` bits of
+/// all those inside it (`inside`, reordered); `None` when a rank falls outside what was
+/// collected, or where `max |x| * bins` overflows (the bin rule is not monotone there).
+pub(crate) fn bins_of_collected(
+    min: f32,
+    max: f32,
+    below: u64,
+    inside: &mut [u32],
+    bins: usize,
+    ranks: &[DecidingRank],
+) -> Option<Vec<usize>> {
+    if bins == 0 {
+        return None;
+    }
+    let range = if -min > max { -min } else { max };
     let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
     if !(range * bins_f).is_finite() {
         return None; // where `|v| * bins` overflows, the bin rule is not monotone
@@ -143,11 +115,11 @@ fn bins_of_ranks(e: &ExtremesPart, mut found: Found, bins: usize, ranks: &[Decid
             DecidingRank::FirstBin => Some(0),
             DecidingRank::NoBin => Some(bins),
             DecidingRank::Rank(k) => {
-                let j = k.checked_sub(found.below + 1)? as usize;
-                if j >= found.inside.len() {
+                let j = k.checked_sub(below + 1)? as usize;
+                if j >= inside.len() {
                     return None;
                 }
-                let (_, &mut bits, _) = found.inside.select_nth_unstable(j);
+                let (_, &mut bits, _) = inside.select_nth_unstable(j);
                 let v = f32::from_bits(bits);
                 Some(if range > 0.0 { bin_of(v, bins_f, top, range, nb) as usize } else { 0 })
             }
@@ -223,7 +195,7 @@ fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket
 /// The bracket of `|x|` bits around the ranks `wanted` (1-based, among `n` values) from a sample
 /// of them (as bits, reordered), with `slack` sample positions added on each side; `None` when it
 /// would be too wide to be worth collecting.
-fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -> Option<Bracket> {
+pub(crate) fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -> Option<Bracket> {
     let m = sample.len() as f64;
     let position = |k: u64, side: f64| {
         let q = k as f64 / n as f64;
@@ -265,10 +237,12 @@ pub(crate) fn order_statistics(sample: &mut [u32], lo_at: Option<usize>, hi_at: 
 
 /// Finds the extremes of `x`, counts the values of `|x|` below `lo` and collects those in
 /// `[lo, hi]` (as bits), up to a cap per piece.
-struct Bracket {
-    lo: u32,
-    hi: u32,
-    cap_fraction: f64,
+pub(crate) struct Bracket {
+    /// The bracket's ends, as `|x|` bits.
+    pub(crate) lo: u32,
+    pub(crate) hi: u32,
+    /// The most a piece may collect, as a fraction of the values it saw.
+    pub(crate) cap_fraction: f64,
 }
 
 /// What a piece of the tensor found.
