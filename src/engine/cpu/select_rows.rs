@@ -246,16 +246,23 @@ impl Scan {
     /// masks of 64 channels at a time.
     #[inline(always)]
     fn collect_row(&mut self, r: usize, row: &[f32]) {
-        let words = self.mask_row / 4;
-        for q in 0..words {
-            let quad = &self.masks[(r * words + q) * 4..][..4];
+        let masks = &self.masks[r * self.mask_row..][..self.mask_row];
+        let mut count = self.count;
+        for (q, quad) in masks.chunks_exact(4).enumerate() {
             let mut m = quad[0] as u64 | (quad[1] as u64) << 16 | (quad[2] as u64) << 32 | (quad[3] as u64) << 48;
             while m != 0 {
                 let c = 64 * q + m.trailing_zeros() as usize;
-                self.push(c, abs_bits(row[c]));
+                match self.inside.get_mut(count) {
+                    Some(slot) => {
+                        *slot = (c as u64) << 32 | abs_bits(row[c]) as u64;
+                        count += 1;
+                    }
+                    None => self.overflowed = true,
+                }
                 m &= m - 1;
             }
         }
+        self.count = count;
     }
 
     /// Folds channels `first ..` of one row in, one value at a time.
@@ -372,13 +379,13 @@ multiversion! {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m512i, _mm512_and_si512, _mm512_castps_si512, _mm512_cmple_epu32_mask, _mm512_cmplt_epu32_mask,
-        _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_add_epi32, _mm512_max_epu32, _mm512_max_ps, _mm512_min_ps,
-        _mm512_reduce_max_epu32, _mm512_set1_epi32, _mm512_setzero_si512, _mm512_storeu_ps, _mm512_storeu_si512,
-        _mm512_sub_epi32,
+        __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_and_si512, _mm512_castps_si512, _mm512_cmple_epu32_mask,
+        _mm512_cmplt_epu32_mask, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_add_epi32, _mm512_max_epu32,
+        _mm512_max_ps, _mm512_min_ps, _mm512_reduce_max_epu32, _mm512_set1_epi32, _mm512_setzero_si512,
+        _mm512_storeu_ps, _mm512_storeu_si512, _mm512_sub_epi32,
     };
 
-    use super::{Brackets, LANES, PREFETCH_PASSES, ROWS_PER_PASS, Scan, prefetch};
+    use super::{Brackets, LANES, PREFETCH_PASSES, ROWS_PER_PASS, Scan};
 
     /// [`scan_rows`](super::scan_rows): [`ROWS_PER_PASS`] rows at a time, then the rows left.
     #[target_feature(enable = "avx512f")]
@@ -405,31 +412,40 @@ mod x86 {
         let channels = s.min.len();
         let groups = channels / LANES;
         let full = groups * LANES;
-        let state_ok = s.max.len() == channels && s.below.len() == channels && s.masks.len() >= R * s.mask_row;
+        let state_ok = s.max.len() == channels
+            && s.below.len() == channels
+            && groups <= s.mask_row
+            && s.masks.len() >= R * s.mask_row;
         if rows.len() != R * channels || b.lo.len() != channels || b.width.len() != channels || !state_ok {
             return; // never: the callers pass whole rows of the task's channels
         }
         let abs = _mm512_set1_epi32(0x7fff_ffff);
         let one = _mm512_set1_epi32(1);
         let mut top = _mm512_setzero_si512();
+        let (x, mask_row) = (rows.as_ptr(), s.mask_row);
+        let (min_at, max_at, below_at) = (s.min.as_mut_ptr(), s.max.as_mut_ptr(), s.below.as_mut_ptr());
+        let (lo_at, width_at, masks_at) = (b.lo.as_ptr(), b.width.as_ptr(), s.masks.as_mut_ptr());
+        let ahead = (ahead.len() >= R * channels).then_some(ahead.as_ptr());
         for g in 0..groups {
             let c = g * LANES;
-            for r in 0..R {
-                if let Some(line) = ahead.get(r * channels + c..r * channels + c + 1) {
-                    prefetch(line);
-                }
-            }
             // SAFETY: `c + LANES <= full <= channels`, the length of `s.min`, `s.max`, `s.below`,
-            // `b.lo`, `b.width` and of each of the `R` rows of `rows` (checked above); the
-            // loads and stores take unaligned pointers.
+            // `b.lo`, `b.width`, of each of the `R` rows of `rows` and (when `ahead` is `Some`)
+            // of `R` rows at its start; `g < groups <= mask_row` and `R * mask_row <=
+            // s.masks.len()` (all checked above). The loads and stores take unaligned pointers;
+            // a prefetch never faults.
             unsafe {
-                let mut min = _mm512_loadu_ps(s.min.as_ptr().add(c));
-                let mut max = _mm512_loadu_ps(s.max.as_ptr().add(c));
-                let mut below = _mm512_loadu_si512(s.below.as_ptr().add(c).cast::<__m512i>());
-                let lo = _mm512_loadu_si512(b.lo.as_ptr().add(c).cast::<__m512i>());
-                let width = _mm512_loadu_si512(b.width.as_ptr().add(c).cast::<__m512i>());
+                if let Some(ahead) = ahead {
+                    for r in 0..R {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(r * channels + c).cast::<i8>());
+                    }
+                }
+                let mut min = _mm512_loadu_ps(min_at.add(c));
+                let mut max = _mm512_loadu_ps(max_at.add(c));
+                let mut below = _mm512_loadu_si512(below_at.add(c).cast::<__m512i>());
+                let lo = _mm512_loadu_si512(lo_at.add(c).cast::<__m512i>());
+                let width = _mm512_loadu_si512(width_at.add(c).cast::<__m512i>());
                 for r in 0..R {
-                    let v = _mm512_loadu_ps(rows.as_ptr().add(r * channels + c));
+                    let v = _mm512_loadu_ps(x.add(r * channels + c));
                     let bits = _mm512_and_si512(_mm512_castps_si512(v), abs);
                     // `min_max::min` and `max`: the running value unless `v` is smaller
                     // (larger); NaN and equal values keep the running one.
@@ -437,11 +453,11 @@ mod x86 {
                     max = _mm512_max_ps(v, max);
                     top = _mm512_max_epu32(top, bits);
                     below = _mm512_mask_add_epi32(below, _mm512_cmplt_epu32_mask(bits, lo), below, one);
-                    s.masks[r * s.mask_row + g] = _mm512_cmple_epu32_mask(_mm512_sub_epi32(bits, lo), width);
+                    *masks_at.add(r * mask_row + g) = _mm512_cmple_epu32_mask(_mm512_sub_epi32(bits, lo), width);
                 }
-                _mm512_storeu_ps(s.min.as_mut_ptr().add(c), min);
-                _mm512_storeu_ps(s.max.as_mut_ptr().add(c), max);
-                _mm512_storeu_si512(s.below.as_mut_ptr().add(c).cast::<__m512i>(), below);
+                _mm512_storeu_ps(min_at.add(c), min);
+                _mm512_storeu_ps(max_at.add(c), max);
+                _mm512_storeu_si512(below_at.add(c).cast::<__m512i>(), below);
             }
         }
         s.top = s.top.max(_mm512_reduce_max_epu32(top));

@@ -157,6 +157,30 @@ struct Scan {
 }
 
 impl Scan {
+    /// Adds the lanes of a scan, in lane order.
+    fn add_lanes(&mut self, low: &[f32; LANES], high: &[f32; LANES], top: &[u32; LANES], below: &[u32; LANES]) {
+        for j in 0..LANES {
+            self.min = min_max::min(self.min, low[j]);
+            self.max = min_max::max(self.max, high[j]);
+            self.top = self.top.max(top[j]);
+            self.below += below[j] as u64;
+        }
+    }
+
+    /// Adds the values after the last whole group, one at a time.
+    fn add_rest(&mut self, rest: &[f32], lo: u32, width: u32) {
+        for &v in rest {
+            let b = abs_bits(v);
+            self.min = min_max::min(self.min, v);
+            self.max = min_max::max(self.max, v);
+            self.top = self.top.max(b);
+            self.below += (b < lo) as u64;
+        }
+        for chunk in rest.chunks(LANES) {
+            collect(chunk, lo, width, self);
+        }
+    }
+
     /// Ready for a channel, with room for `cap` values inside.
     fn reset(&mut self, cap: usize) {
         (self.min, self.max, self.top, self.below, self.count, self.overflowed) =
@@ -173,13 +197,23 @@ impl Scan {
     }
 }
 
+/// Adds to `s` the extremes of `x`, its values of `|x|` below `lo` (counted) and those in
+/// `[lo, hi]` (collected while there is room), [`LANES`] values at a time. Asks for the line of
+/// `next` at `positions[g]` while it reads group `g` of `x` (`positions` ascending, one per
+/// group, or empty). `x` holds at most [`MAX_RUN`] values (the lane counters are u32).
+fn scan_run(x: &[f32], lo: u32, hi: u32, next: &[f32], positions: &[usize], s: &mut Scan) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { x86::scan_run(x, lo, hi, next, positions, s) };
+        return;
+    }
+    scan_run_portable(x, lo, hi, next, positions, s);
+}
+
 multiversion! {
-    /// Adds to `s` the extremes of `x`, its values of `|x|` below `lo` (counted) and those in
-    /// `[lo, hi]` (collected while there is room), [`LANES`] values at a time; a vector with a
-    /// value inside is collected on a separate path. Asks for the line of `next` at
-    /// `positions[g]` while it reads group `g` of `x`. `x` holds at most [`MAX_RUN`] values (the
-    /// lane counters are u32).
-    fn scan_run(x: &[f32], lo: u32, hi: u32, next: &[f32], positions: &[usize], s: &mut Scan) {
+    /// [`scan_run`] in plain Rust: a vector with a value inside is collected on a separate path.
+    fn scan_run_portable(x: &[f32], lo: u32, hi: u32, next: &[f32], positions: &[usize], s: &mut Scan) {
         let width = hi.wrapping_sub(lo);
         let mut low = [f32::INFINITY; LANES];
         let mut high = [f32::NEG_INFINITY; LANES];
@@ -205,23 +239,8 @@ multiversion! {
                 }
             }
         }
-        let rest = groups.remainder();
-        for (j, &v) in rest.iter().enumerate() {
-            let (b, j) = (abs_bits(v), j % LANES);
-            low[j] = min_max::min(low[j], v);
-            high[j] = min_max::max(high[j], v);
-            top[j] = top[j].max(b);
-            below[j] += (b < lo) as u32;
-        }
-        for chunk in rest.chunks(LANES) {
-            collect(chunk, lo, width, s);
-        }
-        for j in 0..LANES {
-            s.min = min_max::min(s.min, low[j]);
-            s.max = min_max::max(s.max, high[j]);
-            s.top = s.top.max(top[j]);
-            s.below += below[j] as u64;
-        }
+        s.add_lanes(&low, &high, &top, &below);
+        s.add_rest(groups.remainder(), lo, width);
     }
 }
 
@@ -242,6 +261,80 @@ fn collect(x: &[f32], lo: u32, width: u32, s: &mut Scan) {
         k += (b.wrapping_sub(lo) <= width) as usize;
     }
     s.count += k;
+}
+
+/// [`scan_run`] with AVX-512 intrinsics: a vector with values inside is collected in the loop,
+/// its values inside compressed together by their mask (no call, no branch per value).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_and_si512, _mm512_castps_si512, _mm512_cmple_epu32_mask,
+        _mm512_cmplt_epu32_mask, _mm512_loadu_ps, _mm512_mask_add_epi32, _mm512_maskz_compress_epi32, _mm512_max_epu32,
+        _mm512_max_ps, _mm512_min_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_si512, _mm512_storeu_ps,
+        _mm512_storeu_si512, _mm512_sub_epi32,
+    };
+
+    use super::{GROUP, LANES, Scan};
+
+    /// [`scan_run`](super::scan_run).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scan_run(x: &[f32], lo: u32, hi: u32, next: &[f32], positions: &[usize], s: &mut Scan) {
+        let width = hi.wrapping_sub(lo);
+        let groups = x.len() / GROUP;
+        // The positions ascend, so the last one wanted is the largest.
+        let prefetching = groups > 0 && positions.len() >= groups && positions[groups - 1] < next.len();
+        let (lo_v, width_v) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(width as i32));
+        let (abs, one) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(1));
+        let (mut min, mut max) = (_mm512_set1_ps(f32::INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
+        let (mut top, mut below) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        // Room to store a whole vector at `count`: `count <= last`.
+        let last = s.inside.len().saturating_sub(LANES);
+        let (mut count, mut overflowed, out) = (s.count, s.overflowed, s.inside.as_mut_ptr());
+        for g in 0..groups {
+            // SAFETY: `g < groups <= positions.len()`, `positions[g] <= positions[groups - 1] <
+            // next.len()` (checked above), and a prefetch never faults; `(g + 1) * GROUP <=
+            // x.len()`; a store of a vector at `count <= last` ends inside `s.inside`. The loads
+            // and stores take unaligned pointers.
+            unsafe {
+                if prefetching {
+                    _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(*positions.get_unchecked(g)).cast::<i8>());
+                }
+                for k in 0..GROUP / LANES {
+                    let v = _mm512_loadu_ps(x.as_ptr().add(g * GROUP + k * LANES));
+                    let bits = _mm512_and_si512(_mm512_castps_si512(v), abs);
+                    // `min_max::min` and `max`: the running value unless `v` is smaller
+                    // (larger); NaN and equal values keep the running one.
+                    min = _mm512_min_ps(v, min);
+                    max = _mm512_max_ps(v, max);
+                    top = _mm512_max_epu32(top, bits);
+                    below = _mm512_mask_add_epi32(below, _mm512_cmplt_epu32_mask(bits, lo_v), below, one);
+                    let hit = _mm512_cmple_epu32_mask(_mm512_sub_epi32(bits, lo_v), width_v);
+                    if hit != 0 {
+                        if count <= last {
+                            _mm512_storeu_si512(
+                                out.add(count).cast::<__m512i>(),
+                                _mm512_maskz_compress_epi32(hit, bits),
+                            );
+                            count += hit.count_ones() as usize;
+                        } else {
+                            overflowed = true;
+                        }
+                    }
+                }
+            }
+        }
+        (s.count, s.overflowed) = (count, overflowed);
+        let (mut low, mut high, mut tops, mut belows) = ([0f32; LANES], [0f32; LANES], [0u32; LANES], [0u32; LANES]);
+        // SAFETY: each array holds one vector; the stores take unaligned pointers.
+        unsafe {
+            _mm512_storeu_ps(low.as_mut_ptr(), min);
+            _mm512_storeu_ps(high.as_mut_ptr(), max);
+            _mm512_storeu_si512(tops.as_mut_ptr().cast::<__m512i>(), top);
+            _mm512_storeu_si512(belows.as_mut_ptr().cast::<__m512i>(), below);
+        }
+        s.add_lanes(&low, &high, &tops, &belows);
+        s.add_rest(&x[groups * GROUP..], lo, width);
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +371,38 @@ mod tests {
         out.extend((0..inner).map(|i| if (i / 1000) % 2 == 0 { 1.0 } else { 3.0 }));
         out.extend((0..inner).map(|i| if i == inner / 3 { 3.0e38 } else { i as f32 })); // range * bins overflows
         out
+    }
+
+    /// The two kernels (plain Rust for CPUs without AVX-512, intrinsics for those with it) find
+    /// the same, for runs of any length, with and without a next channel to ask for.
+    #[test]
+    fn both_kernels_find_the_same() {
+        for n in [0usize, 1, 15, 16, 63, 64, 65, 1000, 4099] {
+            let x: Vec<f32> = (0..n).map(|i| (((i * 7919) % 211) as f32 - 105.0) * 0.125).collect();
+            let next: Vec<f32> = vec![1.0; n];
+            let positions: Vec<usize> = (0..n / GROUP).map(|g| g * GROUP + g % GROUP).collect();
+            for (lo, hi) in [(abs_bits(2.0), abs_bits(5.0)), (abs_bits(10.0), u32::MAX), (u32::MAX, u32::MAX), (0, 0)] {
+                for cap in [0, 8, n] {
+                    let run = |kernel: fn(&[f32], u32, u32, &[f32], &[usize], &mut Scan)| {
+                        let mut scan = Scan::default();
+                        scan.reset(cap);
+                        kernel(&x, lo, hi, &next, &positions, &mut scan);
+                        let mut inside = scan.inside[..scan.count].to_vec();
+                        inside.sort_unstable();
+                        (scan.min, scan.max, scan.top, scan.below, scan.overflowed, inside)
+                    };
+                    let plain = run(scan_run_portable);
+                    assert_eq!(run(scan_run), plain, "n {n}, bracket {lo:#x}..{hi:#x}, cap {cap}");
+                    if !plain.4 {
+                        let bits: Vec<u32> = x.iter().map(|&v| abs_bits(v)).collect();
+                        let mut inside: Vec<u32> = bits.iter().copied().filter(|&b| b >= lo && b <= hi).collect();
+                        inside.sort_unstable();
+                        assert_eq!(plain.5, inside, "n {n}");
+                        assert_eq!(plain.3 as usize, bits.iter().filter(|&&b| b < lo).count());
+                    }
+                }
+            }
+        }
     }
 
     #[test]
