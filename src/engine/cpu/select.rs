@@ -119,8 +119,7 @@ pub(crate) fn bins_of_collected(
                 if j >= inside.len() {
                     return None;
                 }
-                let (_, &mut bits, _) = inside.select_nth_unstable(j);
-                let v = f32::from_bits(bits);
+                let v = f32::from_bits(nth_smallest(inside, j));
                 Some(if range > 0.0 { bin_of(v, bins_f, top, range, nb) as usize } else { 0 })
             }
         })
@@ -150,7 +149,7 @@ pub(crate) fn bins_of_all_values(values: &mut [u32], range: f32, bins: usize, ta
             DecidingRank::FirstBin => 0,
             DecidingRank::NoBin => bins,
             DecidingRank::Rank(k) => {
-                let (_, &mut bits, _) = values.select_nth_unstable(k as usize - 1);
+                let bits = nth_smallest(values, k as usize - 1);
                 if range > 0.0 { bin_of(f32::from_bits(bits), bins_f, top, range, nb) as usize } else { 0 }
             }
         })
@@ -215,24 +214,50 @@ pub(crate) fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], sl
 }
 
 /// The values at positions `lo_at` and `hi_at` of `sample` in sorted order (`0` and `u32::MAX`
-/// for a position that is `None`), by two selections, not a sort: the upper one first, then the
-/// lower one among the values below it. Reorders `sample`.
+/// for a position that is `None`), each by [`nth_smallest`], not a sort. May reorder `sample`.
 pub(crate) fn order_statistics(sample: &mut [u32], lo_at: Option<usize>, hi_at: Option<usize>) -> (u32, u32) {
-    let mut below = sample;
-    let hi = match hi_at {
-        Some(at) => {
-            let (smaller, &mut v, _) = below.select_nth_unstable(at);
-            below = smaller;
-            v
-        }
-        None => u32::MAX,
-    };
-    let lo = match lo_at {
-        Some(at) if at < below.len() => *below.select_nth_unstable(at).1,
-        Some(_) => hi, // both positions are the same
-        None => 0,
-    };
+    let hi = hi_at.map_or(u32::MAX, |at| nth_smallest(sample, at));
+    let lo = lo_at.map_or(0, |at| nth_smallest(sample, at));
     (lo, hi)
+}
+
+/// Positions this close to either end of the order are found by one pass that keeps the few
+/// largest (smallest) values seen, not by a selection: the percentiles of calibration lie there.
+const NEAR_END: usize = 16;
+
+/// The value at position `at` (0-based, `at < values.len()`) of `values` in ascending order:
+/// by one pass keeping the [`NEAR_END`] largest or smallest values when `at` is that close to
+/// an end, else by a selection (which reorders `values`).
+pub(crate) fn nth_smallest(values: &mut [u32], at: usize) -> u32 {
+    let n = values.len();
+    if n - at <= NEAR_END {
+        return nth_from_end(values, n - at, |a, b| a > b);
+    }
+    if at < NEAR_END {
+        return nth_from_end(values, at + 1, |a, b| a < b);
+    }
+    *values.select_nth_unstable(at).1
+}
+
+/// The `k`-th (1-based, `1 <= k <= NEAR_END`) value of `values` in the order where `before(a, b)`
+/// says `a` comes first: one pass that keeps the `k` first values met so far, in order.
+fn nth_from_end(values: &[u32], k: usize, before: impl Fn(u32, u32) -> bool) -> u32 {
+    let mut kept = [0u32; NEAR_END];
+    let mut held = 0;
+    for &v in values {
+        if held == k && !before(v, kept[k - 1]) {
+            continue; // the common case: not among the first k
+        }
+        // Insert `v`, dropping the last kept value when all k slots are full.
+        let mut i = if held < k { held } else { k - 1 };
+        while i > 0 && before(v, kept[i - 1]) {
+            kept[i] = kept[i - 1];
+            i -= 1;
+        }
+        kept[i] = v;
+        held = (held + 1).min(k);
+    }
+    kept[k - 1]
 }
 
 /// Finds the extremes of `x`, counts the values of `|x|` below `lo` and collects those in
@@ -404,6 +429,34 @@ mod tests {
         ));
         out.push(("two levels", ArrayD::from_shape_fn(shape, |i| if (i[0] / 1000) % 2 == 0 { 1.0 } else { 3.0 })));
         out
+    }
+
+    /// Every position of every order, near the ends or not, equals the sorted value, duplicates
+    /// and all.
+    #[test]
+    fn nth_smallest_equals_the_sorted_value() {
+        for n in [1usize, 2, 5, 16, 17, 40, 300] {
+            for pattern in 0..4 {
+                let values: Vec<u32> = (0..n)
+                    .map(|i| match pattern {
+                        0 => (i * 7919 % 101) as u32,
+                        1 => i as u32,
+                        2 => (n - i) as u32,
+                        _ => (i % 3) as u32,
+                    })
+                    .collect();
+                let mut sorted = values.clone();
+                sorted.sort_unstable();
+                for at in 0..n {
+                    let mut v = values.clone();
+                    assert_eq!(nth_smallest(&mut v, at), sorted[at], "n {n}, pattern {pattern}, at {at}");
+                }
+                let mut v = values.clone();
+                for (lo, hi) in [(0, n - 1), (n / 2, n - 1), (n / 3, n / 2)] {
+                    assert_eq!(order_statistics(&mut v, Some(lo), Some(hi)), (sorted[lo], sorted[hi]));
+                }
+            }
+        }
     }
 
     #[test]
