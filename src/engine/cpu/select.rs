@@ -231,33 +231,58 @@ const NEAR_END: usize = 16;
 pub(crate) fn nth_smallest(values: &mut [u32], at: usize) -> u32 {
     let n = values.len();
     if n - at <= NEAR_END {
-        return nth_from_end(values, n - at, |a, b| a > b);
+        return nth_from_end(values, n - at, true);
     }
     if at < NEAR_END {
-        return nth_from_end(values, at + 1, |a, b| a < b);
+        return nth_from_end(values, at + 1, false);
     }
     *values.select_nth_unstable(at).1
 }
 
-/// The `k`-th (1-based, `1 <= k <= NEAR_END`) value of `values` in the order where `before(a, b)`
-/// says `a` comes first: one pass that keeps the `k` first values met so far, in order.
-fn nth_from_end(values: &[u32], k: usize, before: impl Fn(u32, u32) -> bool) -> u32 {
-    let mut kept = [0u32; NEAR_END];
-    let mut held = 0;
-    for &v in values {
-        if held == k && !before(v, kept[k - 1]) {
-            continue; // the common case: not among the first k
+multiversion! {
+    /// The `k`-th (1-based, `1 <= k <= min(NEAR_END, values.len())`) largest value of `values`
+    /// (`largest`), or smallest: one pass that keeps the `k` first met so far in order, testing
+    /// [`LANES`] values at a time against the `k`-th kept (few of them enter).
+    fn nth_from_end(values: &[u32], k: usize, largest: bool) -> u32 {
+        let before = |a: u32, b: u32| if largest { a > b } else { a < b };
+        let mut kept = [0u32; NEAR_END];
+        let mut held = 0;
+        let mut keep = |v: u32, kept: &mut [u32; NEAR_END]| {
+            // Insert `v`, dropping the last kept value when all k slots are full.
+            let mut i = if held < k { held } else { k - 1 };
+            while i > 0 && before(v, kept[i - 1]) {
+                kept[i] = kept[i - 1];
+                i -= 1;
+            }
+            kept[i] = v;
+            held = (held + 1).min(k);
+        };
+        let (first, rest) = values.split_at(k.min(values.len()));
+        for &v in first {
+            keep(v, &mut kept);
         }
-        // Insert `v`, dropping the last kept value when all k slots are full.
-        let mut i = if held < k { held } else { k - 1 };
-        while i > 0 && before(v, kept[i - 1]) {
-            kept[i] = kept[i - 1];
-            i -= 1;
+        let mut chunks = rest.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            let last = kept[k - 1];
+            let mut enters = false;
+            for &v in chunk {
+                enters |= before(v, last);
+            }
+            if enters {
+                for &v in chunk {
+                    if before(v, kept[k - 1]) {
+                        keep(v, &mut kept);
+                    }
+                }
+            }
         }
-        kept[i] = v;
-        held = (held + 1).min(k);
+        for &v in chunks.remainder() {
+            if before(v, kept[k - 1]) {
+                keep(v, &mut kept);
+            }
+        }
+        kept[k - 1]
     }
-    kept[k - 1]
 }
 
 /// Finds the extremes of `x`, counts the values of `|x|` below `lo` and collects those in
