@@ -241,7 +241,7 @@ static void test_hist(Dtype d, const Tensor& t, u32 bins, float hi, u32 blocks, 
 // [0, hi[c]] at offsets[c], each against ref_hist of the channel's values alone, and the
 // per-channel extremes from the same pass.
 
-enum class HistsKind { RowsShared, RowsGlobal, Cols };
+enum class HistsKind { RowsShared, RowsGlobal, Cols, ColsShared };
 
 template <typename E>
 static void run_hists(const Tensor& t, Layout l, HistsKind kind, u64 pieces, u64 row_splits,
@@ -255,6 +255,16 @@ static void run_hists(const Tensor& t, Layout l, HistsKind kind, u64 pieces, u64
         emu::launch({(u32)((l.C + tile - 1) / tile), (u32)row_splits, 1}, BLOCK_THREADS, 0, [&] {
             abs_hists_cols<E>(x, l.outer, l.C, offsets.data(), bins.data(), hi.data(), inv_hi.data(), want_extremes,
                               hist.data(), ext.data());
+        });
+        return;
+    }
+    if (kind == HistsKind::ColsShared) {
+        // As the launcher: as many channels as 48 KiB of counters hold (a stride of the most bins).
+        const u32 stride = std::max<u32>(*std::max_element(bins.begin(), bins.end()), 1);
+        const u32 tile = (u32)std::min<u64>({l.C, BLOCK_THREADS, 12288 / stride});
+        emu::launch({(u32)((l.C + tile - 1) / tile), (u32)row_splits, 1}, BLOCK_THREADS, tile * stride * 4, [&] {
+            abs_hists_cols_shared<E>(x, l.outer, l.C, tile, stride, offsets.data(), bins.data(), hi.data(),
+                                     inv_hi.data(), want_extremes, hist.data(), ext.data());
         });
         return;
     }
@@ -698,6 +708,7 @@ int main(int argc, char** argv) {
         for (Layout l : cols) {
             const Tensor t = make(d, l.outer * l.C * l.inner, 2, ++seed, false, 2.0f);
             test_hists(d, t, l, HistsKind::Cols, 3, ++seed);
+            test_hists(d, t, l, HistsKind::ColsShared, 2, ++seed);
         }
     }
     std::printf("per-channel histograms ok\n");
