@@ -472,9 +472,9 @@ mod tests {
                     .collect();
                 let mut sorted = values.clone();
                 sorted.sort_unstable();
-                for at in 0..n {
+                for (at, &want) in sorted.iter().enumerate() {
                     let mut v = values.clone();
-                    assert_eq!(nth_smallest(&mut v, at), sorted[at], "n {n}, pattern {pattern}, at {at}");
+                    assert_eq!(nth_smallest(&mut v, at), want, "n {n}, pattern {pattern}, at {at}");
                 }
                 let mut v = values.clone();
                 for (lo, hi) in [(0, n - 1), (n / 2, n - 1), (n / 3, n / 2)] {

@@ -373,6 +373,8 @@ mod tests {
         out
     }
 
+    type Kernel = fn(&[f32], u32, u32, &[f32], &[usize], &mut Scan);
+
     /// The two kernels (plain Rust for CPUs without AVX-512, intrinsics for those with it) find
     /// the same, for runs of any length, with and without a next channel to ask for.
     #[test]
@@ -383,7 +385,7 @@ mod tests {
             let positions: Vec<usize> = (0..n / GROUP).map(|g| g * GROUP + g % GROUP).collect();
             for (lo, hi) in [(abs_bits(2.0), abs_bits(5.0)), (abs_bits(10.0), u32::MAX), (u32::MAX, u32::MAX), (0, 0)] {
                 for cap in [0, 8, n] {
-                    let run = |kernel: fn(&[f32], u32, u32, &[f32], &[usize], &mut Scan)| {
+                    let run = |kernel: Kernel| {
                         let mut scan = Scan::default();
                         scan.reset(cap);
                         kernel(&x, lo, hi, &next, &positions, &mut scan);
