@@ -27,7 +27,7 @@ use crate::search::percentile::{DecidingRank, deciding_rank};
 use crate::tensor::Element;
 
 /// Rows in the sample (at most; at least one row in [`SAMPLE_EVERY`]).
-const SAMPLE_ROWS: usize = 512;
+const SAMPLE_ROWS: usize = 1024;
 const SAMPLE_EVERY: usize = 16;
 /// Channels need at least this many values (rows) for the sample to be worth it.
 pub(crate) const MIN_ROWS: usize = 1 << 13;
