@@ -35,8 +35,9 @@ pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64
 /// Histograms of `|x|` per channel along `axis`: channel `c` gets `bins[c]` bins on
 /// `[0, hi[c]]` (none when `bins[c]` is 0); the counts of every channel in turn.
 pub(crate) fn abs_histograms(x: &TensorView<'_>, axis: usize, bins: &[usize], hi: &[f32]) -> Vec<u64> {
-    let r = HistogramReducer::per_channel(bins, hi);
-    with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).into_counts()
+    let mut out = vec![0; bins.iter().sum()];
+    add_abs_histograms(x, axis, bins, hi, false, &mut out);
+    out
 }
 
 /// The per-channel extremes along `axis` and [`abs_histograms`] in one pass over the tensor.
@@ -46,9 +47,33 @@ pub(crate) fn extremes_and_abs_histograms(
     bins: &[usize],
     hi: &[f32],
 ) -> (Extremes, Vec<u64>) {
-    let r = ExtremesAndHistogram(HistogramReducer::per_channel(bins, hi));
-    let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r));
-    (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
+    let mut out = vec![0; bins.iter().sum()];
+    let e = add_abs_histograms(x, axis, bins, hi, true, &mut out);
+    (e.unwrap_or(Extremes { min: Vec::new(), max: Vec::new(), non_finite: 0 }), out)
+}
+
+/// Adds [`abs_histograms`] into `out` (which holds `bins.iter().sum()` counters, channel after
+/// channel); with `extremes`, also returns the per-channel extremes, from the same pass. Each
+/// part of the work adds its counts into `out` when it is done with a channel: no vector of
+/// all the counts is allocated and assembled per batch.
+pub(crate) fn add_abs_histograms(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: &[usize],
+    hi: &[f32],
+    extremes: bool,
+    out: &mut [u64],
+) -> Option<Extremes> {
+    let sink = histogram::sink(bins, out);
+    let r = HistogramReducer::per_channel_into(bins, hi, &sink);
+    if !extremes {
+        with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).finish();
+        return None;
+    }
+    let r = ExtremesAndHistogram(r);
+    let (e, mut h) = with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r));
+    h.finish();
+    Some(Extremes { min: e.min, max: e.max, non_finite: e.non_finite })
 }
 
 /// The extremes and the histogram of `|x|` on `[0, hi]` in one pass over the tensor.
