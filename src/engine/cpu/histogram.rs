@@ -186,13 +186,14 @@ pub(crate) struct HistogramReducer<'s> {
 }
 
 /// Bytes of u16 counters a task of the channel-innermost layout keeps (in L2 while it walks the
-/// rows): its block of channels is as wide as fits. Wide blocks matter more than counters in L1:
-/// a task reads its block's slice of every row, and a narrow slice is a few cache lines per page
-/// (a TLB miss and a new page for the prefetchers every few values). Measured in one process on
-/// 2^26 values, 1024 channels, 2048 bins (a throwaway driver of this kernel, load 4-6 on the
-/// 2-core machine): 512 KiB (128 channels, 512 bytes of each row) took 0.63-0.69 of the time of
-/// 128 KiB (32 channels), 256 KiB 0.75, 1 MiB and more 0.7-0.8.
-const BLOCK_COUNTER_BYTES: usize = 512 << 10;
+/// rows): its block of channels is as wide as fits. Measured (CPU time in one process, 2^26
+/// values, 1024 channels, 2048 bins): 128 KiB (32 channels) against 256 KiB, about 10% less;
+/// 64 KiB (16 channels: a row's block is one cache line per page) about 30% more. Later, with
+/// the KL observer's whole batch (CPU time of 20 batches, load 6-7 on the 2-core machine):
+/// 512 KiB (128 channels) the same as 128 KiB to within 3%, a whole row of 1024 channels
+/// (4 MiB) slower; and bumping the counters of 16 channels at a time out of a chunk of wide
+/// rows (so that they stay in L1) gained nothing either.
+const BLOCK_COUNTER_BYTES: usize = 128 << 10;
 
 impl HistogramReducer<'static> {
     /// One histogram of `bins` bins on `[0, hi]` (per tensor).

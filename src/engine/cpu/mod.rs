@@ -16,7 +16,7 @@ use crate::search::percentile::first_bin_reaching;
 use crate::tensor::{Element, HostLayout, TensorView, with_view};
 
 use fake_quant::FakeQuantReducer;
-use histogram::{ExtremesAndHistogram, HistogramReducer};
+use histogram::{ExtremesAndHistogram, HistogramReducer, Sink};
 use min_max::ExtremesReducer;
 use walk::reduce;
 
@@ -36,7 +36,7 @@ pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64
 /// `[0, hi[c]]` (none when `bins[c]` is 0); the counts of every channel in turn.
 pub(crate) fn abs_histograms(x: &TensorView<'_>, axis: usize, bins: &[usize], hi: &[f32]) -> Vec<u64> {
     let mut out = vec![0; bins.iter().sum()];
-    add_abs_histograms(x, axis, bins, hi, false, &mut out);
+    add_histograms(x, axis, bins, hi, &histogram::sink(bins, &mut out));
     out
 }
 
@@ -48,8 +48,8 @@ pub(crate) fn extremes_and_abs_histograms(
     hi: &[f32],
 ) -> (Extremes, Vec<u64>) {
     let mut out = vec![0; bins.iter().sum()];
-    let e = add_abs_histograms(x, axis, bins, hi, true, &mut out);
-    (e.unwrap_or(Extremes { min: Vec::new(), max: Vec::new(), non_finite: 0 }), out)
+    let e = extremes_and_add_histograms(x, axis, bins, hi, &histogram::sink(bins, &mut out));
+    (e, out)
 }
 
 /// Adds [`abs_histograms`] into `out` (which holds `bins.iter().sum()` counters, channel after
@@ -65,15 +65,32 @@ pub(crate) fn add_abs_histograms(
     out: &mut [u64],
 ) -> Option<Extremes> {
     let sink = histogram::sink(bins, out);
-    let r = HistogramReducer::per_channel_into(bins, hi, &sink);
-    if !extremes {
-        with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).finish();
-        return None;
+    if extremes {
+        Some(extremes_and_add_histograms(x, axis, bins, hi, &sink))
+    } else {
+        add_histograms(x, axis, bins, hi, &sink);
+        None
     }
-    let r = ExtremesAndHistogram(r);
+}
+
+/// Adds the per-channel histograms of `|x|` along `axis` into `sink`.
+fn add_histograms<'s>(x: &TensorView<'_>, axis: usize, bins: &[usize], hi: &[f32], sink: &'s Sink<'s>) {
+    let r = HistogramReducer::per_channel_into(bins, hi, sink);
+    with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).finish();
+}
+
+/// [`add_histograms`] and the per-channel extremes, in one pass.
+fn extremes_and_add_histograms<'s>(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: &[usize],
+    hi: &[f32],
+    sink: &'s Sink<'s>,
+) -> Extremes {
+    let r = ExtremesAndHistogram(HistogramReducer::per_channel_into(bins, hi, sink));
     let (e, mut h) = with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r));
     h.finish();
-    Some(Extremes { min: e.min, max: e.max, non_finite: e.non_finite })
+    Extremes { min: e.min, max: e.max, non_finite: e.non_finite }
 }
 
 /// The extremes and the histogram of `|x|` on `[0, hi]` in one pass over the tensor.
