@@ -155,7 +155,8 @@ QCALIB_DEVICE void for_each_in_channel(const typename E::T* __restrict__ x, u64 
 
 // Channel-last tensors ([rows, C], inner == 1): a block covers `tile` consecutive channels and
 // `rows_per_step` rows at a time; thread t takes channel (blockIdx.x * tile + t % tile) and the rows
-// r = blockIdx.y * rows_per_step + t / tile, stepping by gridDim.y * rows_per_step.
+// r = blockIdx.y * rows_per_step + t / tile, stepping by gridDim.y * rows_per_step. column_tile
+// takes min(C, BLOCK_THREADS) channels; column_tile_of a given number.
 struct ColumnTile {
     u32 tile;           // channels per block: min(C, BLOCK_THREADS)
     u32 rows_per_step;  // BLOCK_THREADS / tile
@@ -165,9 +166,10 @@ struct ColumnTile {
     bool active;        // row < rows_per_step and c < C
 };
 
-QCALIB_DEVICE ColumnTile column_tile(u64 C) {
+// The tile of `tile` channels (1 <= tile <= min(C, BLOCK_THREADS)).
+QCALIB_DEVICE ColumnTile column_tile_of(u64 C, u32 tile) {
     ColumnTile t;
-    t.tile = C < BLOCK_THREADS ? (u32)C : BLOCK_THREADS;
+    t.tile = tile;
     t.rows_per_step = BLOCK_THREADS / t.tile;
     t.slot = threadIdx.x % t.tile;
     t.row = threadIdx.x / t.tile;
@@ -175,6 +177,8 @@ QCALIB_DEVICE ColumnTile column_tile(u64 C) {
     t.active = t.row < t.rows_per_step && t.c < C;
     return t;
 }
+
+QCALIB_DEVICE ColumnTile column_tile(u64 C) { return column_tile_of(C, C < BLOCK_THREADS ? (u32)C : BLOCK_THREADS); }
 
 // ---------------------------------------------------------------------------------------------
 // Floats as ordered integers: integer max of f2ord() is the float max (NaN filtered before).

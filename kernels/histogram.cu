@@ -157,7 +157,7 @@ QCALIB_DEVICE void abs_hists_rows(const typename E::T* __restrict__ x, u64 outer
 }
 
 // Channel-last [rows, C]: grid (ceil(C / tile), splits), see ColumnTile; each thread counts its
-// channel's values with global atomics.
+// channel's values with global atomics (for channels of more bins than shared memory holds).
 template <typename E>
 QCALIB_DEVICE void abs_hists_cols(const typename E::T* __restrict__ x, u64 rows, u64 C, const u64* __restrict__ offsets,
                                   const u32* __restrict__ bins, const float* __restrict__ hi,
@@ -176,6 +176,46 @@ QCALIB_DEVICE void abs_hists_cols(const typename E::T* __restrict__ x, u64 rows,
         if (k < b.bins) atomicAdd(&hist[b.offset + k], 1ull);
     }
     if (want_extremes) extremes_commit(acc, t.c, C, ext);
+}
+
+// Channel-last [rows, C] with the counters in shared memory: grid (ceil(C / tile), splits); a
+// block takes `tile` channels (column_tile_of), channel slot s counting into the u32 counters
+// counts[s * stride ..][.. bins[c]] (stride >= every bins[c] of the block; the launcher keeps
+// tile * stride * 4 bytes within the dynamic shared memory it gives, and a block's rows under
+// 2^31), then adds its non-empty counters to `hist`, one global atomic each.
+template <typename E>
+QCALIB_DEVICE void abs_hists_cols_shared(const typename E::T* __restrict__ x, u64 rows, u64 C, u32 tile, u32 stride,
+                                         const u64* __restrict__ offsets, const u32* __restrict__ bins,
+                                         const float* __restrict__ hi, const double* __restrict__ inv_hi,
+                                         u32 want_extremes, u64* __restrict__ hist, u32* __restrict__ ext) {
+    DYNAMIC_SHARED(u32, counts);
+    for (u32 k = threadIdx.x; k < tile * stride; k += BLOCK_THREADS) counts[k] = 0;
+    __syncthreads();
+    const ColumnTile t = column_tile_of(C, tile);
+    if (t.active) {
+        const ChannelBins b = channel_bins(offsets, bins, hi, inv_hi, t.c);
+        u32* __restrict__ mine = counts + (u64)t.slot * stride;
+        ExtremesAcc acc = extremes_empty();
+        const u64 step = (u64)gridDim.y * t.rows_per_step;
+        for (u64 r = (u64)blockIdx.y * t.rows_per_step + t.row; r < rows; r += step) {
+            const float v = E::widen(x[r * C + t.c]);
+            acc(v);
+            const u32 k = b.bin(v);
+            if (k < b.bins) atomicAdd(&mine[k], 1u);
+        }
+        if (want_extremes) extremes_commit(acc, t.c, C, ext);
+    }
+    __syncthreads();
+    const u64 first = (u64)blockIdx.x * tile;
+    const u32* __restrict__ slot_counts = counts;
+    for (u32 s = 0; s < tile && first + s < C; ++s, slot_counts += stride) {
+        const u64 offset = offsets[first + s];
+        const u32 n = bins[first + s];
+        for (u32 k = threadIdx.x; k < n; k += BLOCK_THREADS) {
+            const u32 count = slot_counts[k];
+            if (count) atomicAdd(&hist[offset + k], (u64)count);
+        }
+    }
 }
 
 #define PER_CHANNEL_HISTOGRAM_ENTRIES(E, suffix)                                                                      \
@@ -198,6 +238,12 @@ QCALIB_DEVICE void abs_hists_cols(const typename E::T* __restrict__ x, u64 rows,
         const float* __restrict__ hi, const double* __restrict__ inv_hi, u32 want_extremes, u64* __restrict__ hist,  \
         u32* __restrict__ ext) {                                                                                      \
         abs_hists_cols<E>(x, rows, C, offsets, bins, hi, inv_hi, want_extremes, hist, ext);                          \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) abs_hists_cols_shared_##suffix(                      \
+        const E::T* __restrict__ x, u64 rows, u64 C, u32 tile, u32 stride, const u64* __restrict__ offsets,          \
+        const u32* __restrict__ bins, const float* __restrict__ hi, const double* __restrict__ inv_hi,               \
+        u32 want_extremes, u64* __restrict__ hist, u32* __restrict__ ext) {                                           \
+        abs_hists_cols_shared<E>(x, rows, C, tile, stride, offsets, bins, hi, inv_hi, want_extremes, hist, ext);     \
     }
 
 PER_CHANNEL_HISTOGRAM_ENTRIES(F32, f32)

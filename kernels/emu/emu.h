@@ -138,6 +138,7 @@ using std::fmin;
 inline float fminf(float a, float b) { return std::fmin(a, b); }
 using std::isfinite;
 using std::log;
+using std::log1p;
 inline float rintf(float x) { return std::rint(x); }
 
 // IEEE half to float, exactly.

@@ -241,7 +241,7 @@ static void test_hist(Dtype d, const Tensor& t, u32 bins, float hi, u32 blocks, 
 // [0, hi[c]] at offsets[c], each against ref_hist of the channel's values alone, and the
 // per-channel extremes from the same pass.
 
-enum class HistsKind { RowsShared, RowsGlobal, Cols };
+enum class HistsKind { RowsShared, RowsGlobal, Cols, ColsShared };
 
 template <typename E>
 static void run_hists(const Tensor& t, Layout l, HistsKind kind, u64 pieces, u64 row_splits,
@@ -255,6 +255,16 @@ static void run_hists(const Tensor& t, Layout l, HistsKind kind, u64 pieces, u64
         emu::launch({(u32)((l.C + tile - 1) / tile), (u32)row_splits, 1}, BLOCK_THREADS, 0, [&] {
             abs_hists_cols<E>(x, l.outer, l.C, offsets.data(), bins.data(), hi.data(), inv_hi.data(), want_extremes,
                               hist.data(), ext.data());
+        });
+        return;
+    }
+    if (kind == HistsKind::ColsShared) {
+        // As the launcher: as many channels as 48 KiB of counters hold (a stride of the most bins).
+        const u32 stride = std::max<u32>(*std::max_element(bins.begin(), bins.end()), 1);
+        const u32 tile = (u32)std::min<u64>({l.C, BLOCK_THREADS, 12288 / stride});
+        emu::launch({(u32)((l.C + tile - 1) / tile), (u32)row_splits, 1}, BLOCK_THREADS, tile * stride * 4, [&] {
+            abs_hists_cols_shared<E>(x, l.outer, l.C, tile, stride, offsets.data(), bins.data(), hi.data(),
+                                     inv_hi.data(), want_extremes, hist.data(), ext.data());
         });
         return;
     }
@@ -502,24 +512,28 @@ static double kl_direct(const std::vector<u64>& hist, u64 i, u64 nq) {
     return d;
 }
 
-// One histogram of the KL tests: L bins, a decaying shape, some empty bins, a spike at the top.
+// One histogram of the KL tests: L bins, a decaying shape, some empty bins, a spike at the top;
+// `heavy`: one bin of 5e9 counts and the others small (1 to 6), so that the floor 1e-10 matters and
+// the closed form needs its small-bin sums.
 struct KlCase {
     u64 L;
-    bool zeros, spike;
+    bool zeros, spike, heavy = false;
 };
 
 static std::vector<u64> kl_hist(Rng& r, KlCase c) {
     std::vector<u64> hist(c.L);
     for (u64 b = 0; b < c.L; ++b) {
-        const double base = 2e5 * std::exp(-(double)b / ((double)c.L / 6.0));
-        hist[b] = (c.zeros && r.next() % 7 == 0) ? 0 : (u64)base + r.next() % 50;
+        const double base = c.heavy ? 0.0 : 2e5 * std::exp(-(double)b / ((double)c.L / 6.0));
+        hist[b] = (c.zeros && r.next() % 7 == 0) ? 0 : (u64)base + (c.heavy ? 1 + r.next() % 6 : r.next() % 50);
     }
+    if (c.heavy) hist[3] = 5000000000ull;
     if (c.spike) hist[c.L - 1] += 100000;
     return hist;
 }
 
 // The histograms of `cases` searched as one batch (as the launcher in src/engine/cuda/kl.rs
-// lays them out), each against the literal formula and the window rule.
+// lays them out, with the closed form for the candidates i <= nq when nq > 128), each against
+// the literal formula and the window rule.
 static void test_kl(u64 seed, std::vector<KlCase> cases, u64 nq) {
     Rng r{seed};
     std::vector<std::vector<u64>> hists;
@@ -531,14 +545,29 @@ static void test_kl(u64 seed, std::vector<KlCase> cases, u64 nq) {
         div_offsets.push_back(div_offsets.back() + c.L - KL_START_BIN + 1);
     }
     const u64 count = cases.size(), bins = offsets.back(), candidates = div_offsets.back();
+    const u64 closed = nq > KL_START_BIN;
     std::vector<u64> prefix_count(bins + count), nonzero(bins + count);
-    std::vector<double> hlnh(bins + count), hlnh_err(bins + count), div(candidates);
+    std::vector<double> hlnh(bins + count), hlnh_err(bins + count), div(candidates, -1.0);
     emu::launch({(u32)count, 1, 1}, BLOCK_THREADS, 0, [&] {
         kl_prefix(all.data(), offsets.data(), prefix_count.data(), nonzero.data(), hlnh.data(), hlnh_err.data());
     });
-    emu::launch({(u32)candidates, 1, 1}, BLOCK_THREADS, 0, [&] {
-        kl_divergences(all.data(), offsets.data(), div_offsets.data(), count, nq, prefix_count.data(), nonzero.data(),
-                       hlnh.data(), hlnh_err.data(), div.data());
+    if (closed) {
+        std::vector<double> series((bins + count) * KL_TERMS, -1.0);
+        std::vector<u64> small_below(bins + count), small_bins(bins);
+        emu::launch({(u32)count, 1, 1}, BLOCK_THREADS, 0, [&] {
+            kl_series(all.data(), offsets.data(), prefix_count.data(), series.data(), small_below.data(),
+                      small_bins.data());
+        });
+        const u32 blocks = (u32)((candidates + BLOCK_THREADS - 1) / BLOCK_THREADS);
+        emu::launch({blocks, 1, 1}, BLOCK_THREADS, 0, [&] {
+            kl_divergences_per_bin(all.data(), offsets.data(), div_offsets.data(), count, nq, prefix_count.data(),
+                                   series.data(), small_below.data(), small_bins.data(), div.data());
+        });
+    }
+    const u32 warp_blocks = (u32)((candidates + WARPS_PER_BLOCK - 1) / WARPS_PER_BLOCK);
+    emu::launch({warp_blocks, 1, 1}, BLOCK_THREADS, 0, [&] {
+        kl_divergences(all.data(), offsets.data(), div_offsets.data(), count, nq, closed, prefix_count.data(),
+                       nonzero.data(), hlnh.data(), hlnh_err.data(), div.data());
     });
     std::vector<i64> best(count, -2);
     emu::launch({(u32)count, 1, 1}, BLOCK_THREADS, 0, [&] { kl_best_window(div.data(), div_offsets.data(), best.data()); });
@@ -679,6 +708,7 @@ int main(int argc, char** argv) {
         for (Layout l : cols) {
             const Tensor t = make(d, l.outer * l.C * l.inner, 2, ++seed, false, 2.0f);
             test_hists(d, t, l, HistsKind::Cols, 3, ++seed);
+            test_hists(d, t, l, HistsKind::ColsShared, 2, ++seed);
         }
     }
     std::printf("per-channel histograms ok\n");
@@ -715,6 +745,10 @@ int main(int argc, char** argv) {
     // Batches of histograms of different lengths (one per channel).
     test_kl(++seed, {{256, false, false}, {138, true, false}, {400, true, true}}, 128);
     test_kl(++seed, {{257, true, false}, {150, false, true}}, 32768);
+    // The closed form with levels above nq, and with small bins (the floor matters).
+    test_kl(++seed, {{600, true, true}, {300, false, false}}, 400);
+    test_kl(++seed, {{400, true, false, true}, {200, false, true, true}}, 32768);
+    test_kl(++seed, {{500, false, true, true}}, 300);
     std::printf("kl ok\n");
     std::printf("%d checks passed\n", checks);
     return 0;

@@ -22,8 +22,10 @@ const WITH_EXTREMES_PARAMS: &[Param] = &[Ptr, U64, U32, F32, F64, Ptr, Ptr];
 const ROWS_SHARED: [&str; 3] = ["abs_hists_rows_shared_f32", "abs_hists_rows_shared_f16", "abs_hists_rows_shared_bf16"];
 const ROWS_GLOBAL: [&str; 3] = ["abs_hists_rows_global_f32", "abs_hists_rows_global_f16", "abs_hists_rows_global_bf16"];
 const COLS: [&str; 3] = ["abs_hists_cols_f32", "abs_hists_cols_f16", "abs_hists_cols_bf16"];
+const COLS_SHARED: [&str; 3] = ["abs_hists_cols_shared_f32", "abs_hists_cols_shared_f16", "abs_hists_cols_shared_bf16"];
 const ROWS_PARAMS: &[Param] = &[Ptr, U64, U64, U64, U64, U32, Ptr, Ptr, Ptr, Ptr, U32, Ptr, Ptr];
 const COLS_PARAMS: &[Param] = &[Ptr, U64, U64, Ptr, Ptr, Ptr, Ptr, U32, Ptr, Ptr];
+const COLS_SHARED_PARAMS: &[Param] = &[Ptr, U64, U64, U32, U32, Ptr, Ptr, Ptr, Ptr, U32, Ptr, Ptr];
 
 /// The kernels of `kernels/histogram.cu`.
 pub(crate) const KERNELS: &[KernelSpec] = &[
@@ -45,6 +47,9 @@ pub(crate) const KERNELS: &[KernelSpec] = &[
     KernelSpec { module: "histogram", name: COLS[0], params: COLS_PARAMS },
     KernelSpec { module: "histogram", name: COLS[1], params: COLS_PARAMS },
     KernelSpec { module: "histogram", name: COLS[2], params: COLS_PARAMS },
+    KernelSpec { module: "histogram", name: COLS_SHARED[0], params: COLS_SHARED_PARAMS },
+    KernelSpec { module: "histogram", name: COLS_SHARED[1], params: COLS_SHARED_PARAMS },
+    KernelSpec { module: "histogram", name: COLS_SHARED[2], params: COLS_SHARED_PARAMS },
 ];
 
 /// The most bins counted in shared memory (48 KiB of u32, the limit without opting in).
@@ -232,25 +237,7 @@ fn launch_per_channel<T>(
 ) -> Result<(), GpuError> {
     let (outer, c, inner) = (l.outer, l.channels, l.inner);
     if c > 1 && inner == 1 {
-        // Channel-last: a block takes `tile` channels and `256 / tile` rows at a time (as the
-        // extremes kernel).
-        let tile = c.min(u64::from(BLOCK_THREADS));
-        let rows_per_step = u64::from(BLOCK_THREADS) / tile;
-        let tiles = c.div_ceil(tile);
-        let row_splits = (outer.div_ceil(rows_per_step * 64)).clamp(1, MAX_GRID_YZ);
-        return gpu
-            .launch(stream, COLS[dtype])?
-            .view(x)
-            .u64(&outer)
-            .u64(&c)
-            .slice(&p.offsets)
-            .slice(&p.bins)
-            .slice(&p.hi)
-            .slice(&p.inv_hi)
-            .u32(&p.want_extremes)
-            .slice_mut(hist)
-            .slice_mut(ext)
-            .launch((tiles, row_splits, 1), 0);
+        return launch_columns(gpu, stream, x, dtype, (outer, c), p, hist, ext);
     }
     if c > MAX_GRID_X {
         return Err(GpuError::TooLarge(format!("{c} channels (at most {MAX_GRID_X})")));
@@ -277,4 +264,75 @@ fn launch_per_channel<T>(
         .slice_mut(hist)
         .slice_mut(ext)
         .launch((c, splits, 1), shared_bytes)
+}
+
+/// Values a block of the channel-last shared-memory kernel counts per counter it clears and
+/// flushes (at least), so that those costs stay small.
+const COLS_VALUES_PER_COUNTER: u64 = 16;
+
+/// The per-channel histograms of a channel-last `[rows, c]` tensor. Where the channels' counters
+/// fit in shared memory (up to [`MAX_SHARED_BINS`] bins), a block counts `tile` channels there
+/// (as many as 48 KiB of u32 counters hold, at most 256), `256 / tile` rows at a time, and adds
+/// its counters to `hist` at the end: the increments of the hot bins stay on the multiprocessor.
+/// Otherwise every value is one global atomic, 256 channels a block.
+#[allow(clippy::too_many_arguments)]
+fn launch_columns<T>(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    x: &CudaView<'_, T>,
+    dtype: usize,
+    (rows, c): (u64, u64),
+    p: &ChannelParams,
+    hist: &mut CudaSlice<u64>,
+    ext: &mut CudaSlice<u32>,
+) -> Result<(), GpuError> {
+    let threads = u64::from(BLOCK_THREADS);
+    if p.max_bins > MAX_SHARED_BINS {
+        let tile = c.min(threads);
+        let rows_per_step = threads / tile;
+        let row_splits = (rows.div_ceil(rows_per_step * 64)).clamp(1, MAX_GRID_YZ);
+        return gpu
+            .launch(stream, COLS[dtype])?
+            .view(x)
+            .u64(&rows)
+            .u64(&c)
+            .slice(&p.offsets)
+            .slice(&p.bins)
+            .slice(&p.hi)
+            .slice(&p.inv_hi)
+            .u32(&p.want_extremes)
+            .slice_mut(hist)
+            .slice_mut(ext)
+            .launch((c.div_ceil(tile), row_splits, 1), 0);
+    }
+    let stride = p.max_bins.max(1) as u64;
+    let tile = c.min(threads).min(MAX_SHARED_BINS as u64 / stride);
+    let tiles = c.div_ceil(tile);
+    if tiles > MAX_GRID_X {
+        return Err(GpuError::TooLarge(format!("{c} channels of {stride} bins")));
+    }
+    // Enough values per block to amortise its counters, enough blocks for every multiprocessor
+    // (while each block keeps a step of rows), and a block's rows under 2^30 (u32 counters).
+    let rows_per_step = threads / tile;
+    let rows_per_block = (COLS_VALUES_PER_COUNTER * stride).max(ELEMS_PER_BLOCK / tile);
+    let busy = (2 * gpu.sms).div_ceil(tiles).min(rows.div_ceil(rows_per_step));
+    let row_splits = rows.div_ceil(rows_per_block).max(busy).max(rows.div_ceil(MAX_ELEMS_PER_BLOCK)).max(1);
+    if row_splits > MAX_GRID_YZ {
+        return Err(GpuError::TooLarge(format!("{rows} rows of {c} channels")));
+    }
+    let (tile32, stride32) = (tile as u32, stride as u32);
+    gpu.launch(stream, COLS_SHARED[dtype])?
+        .view(x)
+        .u64(&rows)
+        .u64(&c)
+        .u32(&tile32)
+        .u32(&stride32)
+        .slice(&p.offsets)
+        .slice(&p.bins)
+        .slice(&p.hi)
+        .slice(&p.inv_hi)
+        .u32(&p.want_extremes)
+        .slice_mut(hist)
+        .slice_mut(ext)
+        .launch((tiles, row_splits, 1), tile32 * stride32 * 4)
 }

@@ -1,23 +1,31 @@
 //! Launches `kernels/kl.cu`: the KL threshold search of SPEC §4 on a batch of histograms (one per
 //! channel, SPEC §8; or one per tensor): every candidate of every histogram in parallel, the
-//! window sums and the tie rule on the device; one index per histogram comes back.
+//! window sums and the tie rule on the device; one index per histogram comes back. As on the CPU
+//! (`search::kl`), a candidate with more bins than levels sums its `nq` levels from prefix tables
+//! (one warp each), and when `nq > 128` (qint16) the candidates with a level per bin take the
+//! closed form of `search::kl::per_bin` (one thread each): a qint16 search costs
+//! `O(L · (L - nq))`, not `O(L²)`.
 
 use super::context::Gpu;
 use super::error::GpuError;
-use super::launch::{KernelSpec, MAX_GRID_X, Param};
+use super::launch::{BLOCK_THREADS, KernelSpec, MAX_GRID_X, Param};
 use super::read_back::read_back;
 use crate::search::kl::{EDGE_OFFSET, START_BIN, WINDOW};
 
 use Param::{Ptr, U64};
 
 const PREFIX: &str = "kl_prefix";
+const SERIES: &str = "kl_series";
 const DIVERGENCES: &str = "kl_divergences";
+const DIVERGENCES_PER_BIN: &str = "kl_divergences_per_bin";
 const BEST_WINDOW: &str = "kl_best_window";
 
 /// The kernels of `kernels/kl.cu`.
 pub(crate) const KERNELS: &[KernelSpec] = &[
     KernelSpec { module: "kl", name: PREFIX, params: &[Ptr, Ptr, Ptr, Ptr, Ptr, Ptr] },
-    KernelSpec { module: "kl", name: DIVERGENCES, params: &[Ptr, Ptr, Ptr, U64, U64, Ptr, Ptr, Ptr, Ptr, Ptr] },
+    KernelSpec { module: "kl", name: SERIES, params: &[Ptr, Ptr, Ptr, Ptr, Ptr, Ptr] },
+    KernelSpec { module: "kl", name: DIVERGENCES, params: &[Ptr, Ptr, Ptr, U64, U64, U64, Ptr, Ptr, Ptr, Ptr, Ptr] },
+    KernelSpec { module: "kl", name: DIVERGENCES_PER_BIN, params: &[Ptr, Ptr, Ptr, U64, U64, Ptr, Ptr, Ptr, Ptr, Ptr] },
     KernelSpec { module: "kl", name: BEST_WINDOW, params: &[Ptr, Ptr, Ptr] },
 ];
 
@@ -28,10 +36,17 @@ pub(crate) fn threshold_index(gpu: &Gpu, hist: &[u64], nq: u64) -> Result<Option
 }
 
 /// The most bins searched by one group of launches: its buffers on the device (the histograms,
-/// four prefix tables, the divergences) then take at most about 800 MiB, whatever the number of
-/// channels (SPEC §8 allows 2^27 counters). The unit tests use groups of 1024 bins, so that
-/// their batches are cut into several groups.
-const GROUP_BINS: u64 = if cfg!(test) { 1 << 10 } else { 1 << 24 };
+/// four prefix tables, the divergences, and for the closed form the series (8 doubles per bin)
+/// and the small bins' tables) then take at most about 512 MiB, whatever the number of channels
+/// (SPEC §8 allows 2^27 counters). The unit tests use groups of 1024 bins, so that their batches
+/// are cut into several groups.
+const GROUP_BINS: u64 = if cfg!(test) { 1 << 10 } else { 1 << 22 };
+
+/// Terms of the closed form's series (`KL_TERMS` in `kernels/kl.cu`).
+const TERMS: usize = 8;
+
+/// Warps per block of `kl_divergences` (one candidate each).
+const WARPS_PER_BLOCK: u64 = BLOCK_THREADS as u64 / 32;
 
 /// [`crate::search::kl::threshold_indices`] on the GPU: [`threshold_index`] of every histogram
 /// of `hists`, searched together (three launches per group of up to [`GROUP_BINS`] bins).
@@ -76,7 +91,8 @@ fn search_group(gpu: &Gpu, hists: &[&[u64]], group: &[usize], nq: u64) -> Result
         div_offsets.push(div_offsets[div_offsets.len() - 1] + len - START_BIN as u64 + 1);
     }
     let (bins, candidates) = (offsets[group.len()], div_offsets[group.len()]);
-    if candidates > MAX_GRID_X || group.len() as u64 > MAX_GRID_X {
+    let warp_blocks = candidates.div_ceil(WARPS_PER_BLOCK);
+    if warp_blocks > MAX_GRID_X || group.len() as u64 > MAX_GRID_X {
         return Err(GpuError::TooLarge(format!("{bins} histogram bins in {} histograms", group.len())));
     }
     let concatenated: Vec<u64> = group.iter().flat_map(|&s| hists[s].iter().copied()).collect();
@@ -100,23 +116,58 @@ fn search_group(gpu: &Gpu, hists: &[&[u64]], group: &[usize], nq: u64) -> Result
         .slice_mut(&mut hlnh_err)
         .launch((count, 1, 1), 0)?;
     let mut div = stream.alloc_zeros::<f64>(candidates as usize)?;
+    // More than one candidate with a level per bin (qint16): those by the closed form.
+    let closed = nq > START_BIN as u64;
+    // Its tables live until the read-back below, which waits for every launch.
+    let mut closed_tables = None;
+    if closed {
+        let (series, small_below, small_bins) = closed_tables.insert((
+            stream.alloc_zeros::<f64>(table * TERMS)?,
+            stream.alloc_zeros::<u64>(table)?,
+            stream.alloc_zeros::<u64>(bins as usize)?,
+        ));
+        gpu.launch(stream, SERIES)?
+            .slice(&h)
+            .slice(&offsets_dev)
+            .slice(&prefix_count)
+            .slice_mut(series)
+            .slice_mut(small_below)
+            .slice_mut(small_bins)
+            .launch((count, 1, 1), 0)?;
+        gpu.launch(stream, DIVERGENCES_PER_BIN)?
+            .slice(&h)
+            .slice(&offsets_dev)
+            .slice(&div_offsets_dev)
+            .u64(&count)
+            .u64(&nq)
+            .slice(&prefix_count)
+            .slice(series)
+            .slice(small_below)
+            .slice(small_bins)
+            .slice_mut(&mut div)
+            .launch((candidates.div_ceil(BLOCK_THREADS as u64), 1, 1), 0)?;
+    }
+    let closed_flag = u64::from(closed);
     gpu.launch(stream, DIVERGENCES)?
         .slice(&h)
         .slice(&offsets_dev)
         .slice(&div_offsets_dev)
         .u64(&count)
         .u64(&nq)
+        .u64(&closed_flag)
         .slice(&prefix_count)
         .slice(&nonzero)
         .slice(&hlnh)
         .slice(&hlnh_err)
         .slice_mut(&mut div)
-        .launch((candidates, 1, 1), 0)?;
+        .launch((warp_blocks, 1, 1), 0)?;
     let mut best = stream.alloc_zeros::<i64>(group.len())?;
     gpu.launch(stream, BEST_WINDOW)?
         .slice(&div)
         .slice(&div_offsets_dev)
         .slice_mut(&mut best)
         .launch((count, 1, 1), 0)?;
-    Ok(read_back(stream, &best)?.into_iter().map(|k| usize::try_from(k).ok().map(|k| k + EDGE_OFFSET)).collect())
+    let best = read_back(stream, &best)?;
+    drop(closed_tables);
+    Ok(best.into_iter().map(|k| usize::try_from(k).ok().map(|k| k + EDGE_OFFSET)).collect())
 }

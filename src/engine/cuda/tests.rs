@@ -219,9 +219,20 @@ fn fake_quant_error_sums_agree() {
 fn kl_thresholds_are_identical() {
     let Some(g) = gpu("kl_thresholds_are_identical") else { return };
     let mut rng = Rng::new(9);
-    for (len, nq) in
-        [(137, 128), (138, 128), (256, 128), (512, 128), (2048, 128), (700, 8), (300, 16), (600, 32768), (5000, 128)]
-    {
+    // nq > 128: the closed form for the candidates i <= nq (all of them at 32768), levels above.
+    for (len, nq) in [
+        (137, 128),
+        (138, 128),
+        (256, 128),
+        (512, 128),
+        (2048, 128),
+        (700, 8),
+        (300, 16),
+        (600, 32768),
+        (5000, 128),
+        (5000, 32768),
+        (900, 400),
+    ] {
         for zeros in [false, true] {
             let hist: Vec<u64> = (0..len)
                 .map(|b| {
@@ -232,6 +243,14 @@ fn kl_thresholds_are_identical() {
             let want = search::kl::threshold_index(&hist, nq);
             assert_eq!(g.kl_threshold_index(&hist, nq).unwrap(), want, "len {len} nq {nq} zeros {zeros}");
         }
+    }
+    // One bin of 5e9 counts and the others small: the floor 1e-10 weighs, and the closed form
+    // sums the small bins one by one.
+    for (len, nq) in [(400, 32768), (700, 300)] {
+        let mut hist: Vec<u64> = (0..len).map(|_| 1 + rng.next_u64() % 6).collect();
+        hist[3] = 5_000_000_000;
+        let want = search::kl::threshold_index(&hist, nq);
+        assert_eq!(g.kl_threshold_index(&hist, nq).unwrap(), want, "heavy len {len} nq {nq}");
     }
     assert_eq!(g.kl_threshold_index(&[0; 600], 128).unwrap(), None);
 }
