@@ -203,7 +203,18 @@ pub struct KlObserver {
     channels: Vec<KlWindow>,
     /// Per channel: the buffer the first pass over a batch counts into (all zeros between
     /// batches), kept so that no batch allocates and faults in the counters of every channel.
-    early_counts: Vec<u64>,
+    early_counts: ZeroedCounts,
+}
+
+/// A buffer of counters that are all zero between batches (not part of the state), shown by its
+/// length only.
+#[derive(Default)]
+struct ZeroedCounts(Vec<u64>);
+
+impl std::fmt::Debug for ZeroedCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ZeroedCounts({} counters)", self.0.len())
+    }
 }
 
 impl KlObserver {
@@ -217,7 +228,7 @@ impl KlObserver {
             sync_histograms: config.sync_histograms,
             window: KlWindow::default(),
             channels: Vec::new(),
-            early_counts: Vec::new(),
+            early_counts: ZeroedCounts::default(),
         })
     }
 
@@ -268,7 +279,7 @@ impl KlObserver {
         let current: Vec<(usize, f32)> = windows.iter().map(|w| (w.hist.len(), w.top())).collect();
         // The first pass counts into the observer's buffer, zero between batches; it is only put
         // back (zeroed) when the batch succeeds, else dropped.
-        let mut early = std::mem::take(&mut self.early_counts);
+        let mut early = std::mem::take(&mut self.early_counts.0);
         let counted_early = windows.iter().all(|w| w.top() > 0.0);
         let e = if counted_early {
             let (bins, hi): (Vec<usize>, Vec<f32>) = current.iter().copied().unzip();
@@ -347,7 +358,7 @@ impl KlObserver {
             w.apply(bins, e.abs_max(c), values, plans[c], counts);
             early.fill(0);
         });
-        self.early_counts = early;
+        self.early_counts = ZeroedCounts(early);
         self.end_batch_channels(windows)
     }
 

@@ -987,6 +987,35 @@ mod tests {
     }
 
     #[test]
+    fn counts_added_into_a_sink_equal_the_counts_of_the_parts() {
+        use crate::engine::cpu::{add_abs_histograms, walk::reduce};
+        use crate::tensor::{HostLayout, TensorView};
+        // Channels innermost by blocks and by whole rows; channels outermost in runs counted
+        // through the scratch and in short runs counted straight into u64; channels without bins
+        // and with an all-zero range.
+        for (shape, axis) in [((301, 203), 1), ((3000, 5), 1), ((203, 301), 0), ((7, 3000), 0)] {
+            let (a, b) = shape;
+            let x: Vec<f32> = (0..a * b).map(|i| ((i as f32) * 0.731).sin() * (1 + i % 7) as f32).collect();
+            let channels = if axis == 0 { a } else { b };
+            let bins: Vec<usize> = (0..channels).map(|c| [2048, 0, 7, 300][c % 4]).collect();
+            let hi: Vec<f32> = (0..channels).map(|c| if c % 5 == 3 { 0.0 } else { 1.0 + (c % 5) as f32 }).collect();
+            let view = ndarray::ArrayView2::from_shape(shape, &x).unwrap().into_dyn();
+            let held = reduce(HostLayout::new(&view, Some(axis)), &HistogramReducer::per_channel(&bins, &hi));
+            let held = held.into_counts();
+            assert_eq!(held.len(), bins.iter().sum::<usize>());
+            // Added to what `out` holds, not written over it.
+            let mut out: Vec<u64> = (0..held.len() as u64).collect();
+            let e = add_abs_histograms(&TensorView::F32(view.clone()), axis, &bins, &hi, true, &mut out);
+            let want: Vec<u64> = held.iter().enumerate().map(|(i, c)| c + i as u64).collect();
+            assert!(out == want, "shape {shape:?} axis {axis}");
+            assert_eq!(e.map(|e| e.min.len()), Some(channels));
+            let mut alone = vec![0; held.len()];
+            assert!(add_abs_histograms(&TensorView::F32(view), axis, &bins, &hi, false, &mut alone).is_none());
+            assert!(alone == held, "shape {shape:?} axis {axis}");
+        }
+    }
+
+    #[test]
     fn the_rule_without_overflow_equals_the_full_rule_where_it_applies() {
         for (hi, bins) in [(3.0f32, 2048usize), (1e-30, 7), (1.6e35, 2048), (122.9, 2001), (3.4e38, 1)] {
             assert!(in_range(hi, bins));
