@@ -275,9 +275,13 @@ fn take_row_scratch(len: usize) -> Vec<u16> {
     }
 }
 
+/// The largest u16 scratch the pool keeps, in counters (256 KiB: the blocks of a few thousand bins
+/// at most; those of wider histograms, which may take megabytes each, are not kept).
+const ROW_POOL_MAX_LEN: usize = 128 << 10;
+
 /// Returns a zeroed u16 scratch to the pool.
 fn give_back_row_scratch(scratch: Vec<u16>) {
-    if scratch.is_empty() {
+    if scratch.is_empty() || scratch.len() > ROW_POOL_MAX_LEN {
         return;
     }
     let mut pool = ROW_SCRATCH_POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
