@@ -212,6 +212,41 @@ impl Engine {
         }
     }
 
+    /// [`abs_histograms`](Engine::abs_histograms) added into `out` (which holds
+    /// `bins.iter().sum()` counters, channel after channel): for an observer that keeps the
+    /// buffer from batch to batch. The CPU adds each channel's counts there as it finishes with
+    /// them (no per-batch vector of all the counts to allocate, fault in and copy); a GPU reads
+    /// its counts back and adds them.
+    pub(crate) fn add_abs_histograms(
+        &self,
+        x: &Loaded<'_>,
+        axis: usize,
+        bins: &[usize],
+        hi: &[f32],
+        extremes: bool,
+        out: &mut [u64],
+    ) -> Result<Option<Extremes>> {
+        if out.len() != bins.iter().sum::<usize>() {
+            return Err(Error::Device(format!(
+                "internal error in qcalib: {} counters given for histograms of {} bins",
+                out.len(),
+                bins.iter().sum::<usize>()
+            )));
+        }
+        match (self, x) {
+            (_, Loaded::Host(x)) => Ok(cpu::add_abs_histograms(x, axis, bins, hi, extremes, out)),
+            (_, Loaded::HostCopy(x)) => Ok(cpu::add_abs_histograms(&x.view(), axis, bins, hi, extremes, out)),
+            (Engine::Cuda(g), Loaded::Cuda(x)) => {
+                let (e, counts) = g.abs_histograms(x, axis, bins, hi, extremes)?;
+                for (o, c) in out.iter_mut().zip(counts) {
+                    *o += c;
+                }
+                Ok(e)
+            }
+            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
+        }
+    }
+
     /// [`extremes`](Engine::extremes) (per tensor) and [`abs_histogram`](Engine::abs_histogram)
     /// from one pass over the data: for a histogram whose range is known before the batch (a KL
     /// window in progress), to be redone only when the batch turns out to exceed it.

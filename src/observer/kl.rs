@@ -1,6 +1,7 @@
 //! KLObserver (SPEC §4): a histogram of `|x|` accumulated over a window of batches, then the
 //! threshold with the smallest KL divergence between the clipped and the quantized distribution.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{KlConfig, MAX_BINS};
@@ -200,6 +201,20 @@ pub struct KlObserver {
     /// The windows in progress, one per channel (per channel; empty before a window's first
     /// batch).
     channels: Vec<KlWindow>,
+    /// Per channel: the buffer the first pass over a batch counts into (all zeros between
+    /// batches), kept so that no batch allocates and faults in the counters of every channel.
+    early_counts: ZeroedCounts,
+}
+
+/// A buffer of counters that are all zero between batches (not part of the state), shown by its
+/// length only.
+#[derive(Default)]
+struct ZeroedCounts(Vec<u64>);
+
+impl std::fmt::Debug for ZeroedCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ZeroedCounts({} counters)", self.0.len())
+    }
 }
 
 impl KlObserver {
@@ -213,6 +228,7 @@ impl KlObserver {
             sync_histograms: config.sync_histograms,
             window: KlWindow::default(),
             channels: Vec::new(),
+            early_counts: ZeroedCounts::default(),
         })
     }
 
@@ -261,16 +277,22 @@ impl KlObserver {
             &self.channels
         };
         let current: Vec<(usize, f32)> = windows.iter().map(|w| (w.hist.len(), w.top())).collect();
-        let (e, early) = if windows.iter().all(|w| w.top() > 0.0) {
+        // The first pass counts into the observer's buffer, zero between batches; it is only put
+        // back (zeroed) when the batch succeeds, else dropped.
+        let mut early = std::mem::take(&mut self.early_counts.0);
+        let counted_early = windows.iter().all(|w| w.top() > 0.0);
+        let e = if counted_early {
             let (bins, hi): (Vec<usize>, Vec<f32>) = current.iter().copied().unzip();
-            match engine.abs_histograms(&x, axis, &bins, &hi, true)? {
-                (Some(e), h) => (e, h),
-                (None, _) => {
+            early.resize(bins.iter().sum(), 0);
+            match engine.add_abs_histograms(&x, axis, &bins, &hi, true, &mut early)? {
+                Some(e) => e,
+                None => {
                     return Err(Error::Device("internal error in qcalib: no extremes from the histogram pass".into()));
                 }
             }
         } else {
-            (engine.extremes(&x, Some(axis))?, Vec::new())
+            early.clear();
+            engine.extremes(&x, Some(axis))?
         };
         e.check_finite()?;
         let plans = windows
@@ -294,7 +316,7 @@ impl KlObserver {
             .iter()
             .zip(&current)
             .map(|(p, now)| match p {
-                Some(plan) if early.is_empty() || plan != now => *plan,
+                Some(plan) if !counted_early || plan != now => *plan,
                 _ => (0, 0.0),
             })
             .collect();
@@ -309,19 +331,34 @@ impl KlObserver {
         let completes = windows.first().is_some_and(|w| w.step + 1 == self.update_interval);
         let mut windows =
             if completes || self.channels.is_empty() { windows.to_vec() } else { std::mem::take(&mut self.channels) };
-        let (mut at_early, mut at_again) = (0, 0);
-        for (c, w) in windows.iter_mut().enumerate() {
+        // Each channel's counts: those of the first pass (zeroed once added), or recounted.
+        let mut early_rest = early.as_mut_slice();
+        let mut recounted_rest = recounted.as_slice();
+        let counts: Vec<(&mut [u64], &[u64])> = current
+            .iter()
+            .zip(&again)
+            .map(|(now, again)| {
+                let first = if counted_early { now.0 } else { 0 };
+                let (e, rest) = std::mem::take(&mut early_rest).split_at_mut(first);
+                early_rest = rest;
+                let (r, rest) = recounted_rest.split_at(again.0);
+                recounted_rest = rest;
+                (e, r)
+            })
+            .collect();
+        let bins = self.bins;
+        windows.par_iter_mut().zip(counts).enumerate().for_each(|(c, (w, (early, recounted)))| {
             let counts = if again[c].0 > 0 {
-                &recounted[at_again..at_again + again[c].0]
+                recounted
             } else if plans[c].is_some() {
-                &early[at_early..at_early + current[c].0]
+                &*early
             } else {
                 &[]
             };
-            at_again += again[c].0;
-            at_early += current[c].0;
-            w.apply(self.bins, e.abs_max(c), values, plans[c], counts);
-        }
+            w.apply(bins, e.abs_max(c), values, plans[c], counts);
+            early.fill(0);
+        });
+        self.early_counts = ZeroedCounts(early);
         self.end_batch_channels(windows)
     }
 

@@ -17,7 +17,7 @@ use crate::search::percentile::first_bin_reaching;
 use crate::tensor::{Element, HostLayout, TensorView, with_view};
 
 use fake_quant::FakeQuantReducer;
-use histogram::{ExtremesAndHistogram, HistogramReducer};
+use histogram::{ExtremesAndHistogram, HistogramReducer, Sink};
 use min_max::ExtremesReducer;
 use walk::reduce;
 
@@ -36,8 +36,9 @@ pub(crate) fn abs_histogram(x: &TensorView<'_>, bins: usize, hi: f32) -> Vec<u64
 /// Histograms of `|x|` per channel along `axis`: channel `c` gets `bins[c]` bins on
 /// `[0, hi[c]]` (none when `bins[c]` is 0); the counts of every channel in turn.
 pub(crate) fn abs_histograms(x: &TensorView<'_>, axis: usize, bins: &[usize], hi: &[f32]) -> Vec<u64> {
-    let r = HistogramReducer::per_channel(bins, hi);
-    with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).into_counts()
+    let mut out = vec![0; bins.iter().sum()];
+    add_histograms(x, axis, bins, hi, &histogram::sink(bins, &mut out));
+    out
 }
 
 /// The per-channel extremes along `axis` and [`abs_histograms`] in one pass over the tensor.
@@ -47,9 +48,50 @@ pub(crate) fn extremes_and_abs_histograms(
     bins: &[usize],
     hi: &[f32],
 ) -> (Extremes, Vec<u64>) {
-    let r = ExtremesAndHistogram(HistogramReducer::per_channel(bins, hi));
-    let (e, h) = with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r));
-    (Extremes { min: e.min, max: e.max, non_finite: e.non_finite }, h.into_counts())
+    let mut out = vec![0; bins.iter().sum()];
+    let e = extremes_and_add_histograms(x, axis, bins, hi, &histogram::sink(bins, &mut out));
+    (e, out)
+}
+
+/// Adds [`abs_histograms`] into `out` (which holds `bins.iter().sum()` counters, channel after
+/// channel); with `extremes`, also returns the per-channel extremes, from the same pass. Each
+/// part of the work adds its counts into `out` when it is done with a channel: no vector of
+/// all the counts is allocated and assembled per batch.
+pub(crate) fn add_abs_histograms(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: &[usize],
+    hi: &[f32],
+    extremes: bool,
+    out: &mut [u64],
+) -> Option<Extremes> {
+    let sink = histogram::sink(bins, out);
+    if extremes {
+        Some(extremes_and_add_histograms(x, axis, bins, hi, &sink))
+    } else {
+        add_histograms(x, axis, bins, hi, &sink);
+        None
+    }
+}
+
+/// Adds the per-channel histograms of `|x|` along `axis` into `sink`.
+fn add_histograms<'s>(x: &TensorView<'_>, axis: usize, bins: &[usize], hi: &[f32], sink: &'s Sink<'s>) {
+    let r = HistogramReducer::per_channel_into(bins, hi, sink);
+    with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r)).finish();
+}
+
+/// [`add_histograms`] and the per-channel extremes, in one pass.
+fn extremes_and_add_histograms<'s>(
+    x: &TensorView<'_>,
+    axis: usize,
+    bins: &[usize],
+    hi: &[f32],
+    sink: &'s Sink<'s>,
+) -> Extremes {
+    let r = ExtremesAndHistogram(HistogramReducer::per_channel_into(bins, hi, sink));
+    let (e, mut h) = with_view!(x, v => reduce(HostLayout::new(v, Some(axis)), &r));
+    h.finish();
+    Extremes { min: e.min, max: e.max, non_finite: e.non_finite }
 }
 
 /// The extremes and the histogram of `|x|` on `[0, hi]` in one pass over the tensor.

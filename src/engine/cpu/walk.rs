@@ -17,6 +17,9 @@ const CHUNK: usize = 1 << 16;
 const MAX_PIECES: usize = 64;
 /// The memory partial results of one reduction may take together.
 const PART_BUDGET_BYTES: usize = 256 << 20;
+/// The tasks a walk by blocks of columns aims at: enough to balance the threads, few enough that
+/// the blocks' counters are not flushed more often than needed.
+const COLUMN_TASKS: usize = 16;
 /// Values widened at a time from f16/bf16.
 const WIDEN_BLOCK: usize = 4096;
 
@@ -191,8 +194,10 @@ fn reduce_columns<T: Element, R: Reducer>(data: &[T], outer: usize, channels: us
     let blocks = channels.div_ceil(block);
     // Row pieces per block: enough tasks to balance threads when there are few blocks, within the
     // budget for the parts of all blocks together (every part is alive until the merge).
-    let k =
-        pieces(outer * block.min(channels), r.part_bytes(channels)).min(outer).min(MAX_PIECES.div_ceil(blocks)).max(1);
+    let k = pieces(outer * block.min(channels), r.part_bytes(channels))
+        .min(outer)
+        .min(COLUMN_TASKS.div_ceil(blocks))
+        .max(1);
     let rows_per = outer.div_ceil(k).max(1);
     let tasks: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..k).map(move |p| (b, p))).collect();
     let parts: Vec<R::Part> = tasks
