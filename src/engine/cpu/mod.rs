@@ -5,6 +5,7 @@ mod histogram;
 mod min_max;
 mod select;
 mod select_rows;
+mod select_runs;
 pub(crate) mod simd;
 mod walk;
 pub(crate) mod widen;
@@ -184,29 +185,10 @@ fn bins_by_gathering<T: Element>(
     per_channel.concat()
 }
 
-/// [`extremes_and_percentile_bins`] of one contiguous run of values.
-fn percentile_bins_of_run<T: Element>(run: &[T], bins: usize, targets: &[f32]) -> (Extremes, Vec<usize>) {
-    let (part, found) = match T::as_f32(run) {
-        Some(x) if x.len() <= select::CACHED_RUN => {
-            select::extremes_and_percentile_bins_of_cached_run(x, bins, targets)
-        }
-        _ => select::extremes_and_percentile_bins(&ndarray::ArrayView1::from(run).into_dyn(), bins, targets),
-    };
-    let e = Extremes { min: part.min, max: part.max, non_finite: part.non_finite };
-    if let Some(found) = found {
-        return (e, found);
-    }
-    if e.non_finite > 0 {
-        return (e, Vec::new());
-    }
-    let layout = HostLayout::Dense { data: run, outer: 1, channels: 1, inner: run.len() };
-    let hist = reduce(layout, &HistogramReducer::new(bins, e.abs_max(0))).into_counts();
-    let found = targets.iter().map(|&t| first_bin_reaching(&hist, t)).collect();
-    (e, found)
-}
-
 /// [`extremes_and_percentile_bins_per_channel`] of `channels` channels that are consecutive runs
-/// of `inner` values of `data`: each channel as a tensor of its own, the channels in parallel.
+/// of `inner` values of `data`: each channel as a tensor of its own, by selection where it
+/// applies ([`select_runs`] for f32 runs of at most [`select_runs::MAX_RUN`] values, else
+/// [`select`]), else by its histogram.
 fn percentile_bins_of_runs<T: Element>(
     data: &[T],
     channels: usize,
@@ -214,20 +196,43 @@ fn percentile_bins_of_runs<T: Element>(
     bins: usize,
     targets: &[f32],
 ) -> (Extremes, Vec<usize>) {
-    let per_channel: Vec<(Extremes, Vec<usize>)> =
-        data[..channels * inner].par_chunks(inner).map(|run| percentile_bins_of_run(run, bins, targets)).collect();
+    let data = &data[..channels * inner];
+    let per_channel: Vec<(min_max::Extremes, Option<Vec<usize>>)> = match T::as_f32(data) {
+        Some(x) if inner <= select_runs::MAX_RUN => {
+            select_runs::extremes_and_percentile_bins_of_runs(x, channels, inner, bins, targets)
+        }
+        _ => data
+            .par_chunks(inner)
+            .map(|run| {
+                let (part, found) =
+                    select::extremes_and_percentile_bins(&ndarray::ArrayView1::from(run).into_dyn(), bins, targets);
+                (min_max::Extremes { min: part.min[0], max: part.max[0], non_finite: part.non_finite }, found)
+            })
+            .collect(),
+    };
     let mut e = Extremes { min: Vec::with_capacity(channels), max: Vec::with_capacity(channels), non_finite: 0 };
-    let mut found = Vec::with_capacity(channels * targets.len());
-    for (ce, cf) in per_channel {
-        e.min.push(ce.min[0]);
-        e.max.push(ce.max[0]);
+    for (ce, _) in &per_channel {
+        e.min.push(ce.min);
+        e.max.push(ce.max);
         e.non_finite += ce.non_finite;
-        found.extend(cf);
     }
     if e.non_finite > 0 {
-        found.clear();
+        return (e, Vec::new());
     }
-    (e, found)
+    // The channels the selection left: their histograms.
+    let found: Vec<Vec<usize>> = per_channel
+        .into_par_iter()
+        .zip(data.par_chunks(inner))
+        .map(|((ce, found), run)| {
+            found.unwrap_or_else(|| {
+                let range = if -ce.min > ce.max { -ce.min } else { ce.max };
+                let layout = HostLayout::Dense { data: run, outer: 1, channels: 1, inner: run.len() };
+                let hist = reduce(layout, &HistogramReducer::new(bins, range)).into_counts();
+                targets.iter().map(|&t| first_bin_reaching(&hist, t)).collect()
+            })
+        })
+        .collect();
+    (e, found.concat())
 }
 
 /// Sums of squared fake-quantization errors, `[k][channels]`, for the candidate scales

@@ -78,61 +78,33 @@ pub(crate) fn extremes_and_percentile_bins<T: Element>(
     (e, bins)
 }
 
-/// Values of a run that stays in the caches between two passes over it (a channel's run of at
-/// most 512 KiB of f32).
-pub(crate) const CACHED_RUN: usize = 1 << 17;
-/// One sample value per this many values of a cached run (at a varying offset inside each group).
-const CACHED_SAMPLE_EVERY: usize = 64;
-/// Sample positions added on each side of a rank on top of [`SPREAD`] for a cached run's sample
-/// (single values at varying offsets: close to independent).
-const CACHED_SLACK: f64 = 2.0;
-
-/// [`extremes_and_percentile_bins`] of a run of f32 values that stays in the caches (at most
-/// [`CACHED_RUN`], e.g. one channel's values): the first pass reads the run from memory for its
-/// extremes and takes a sample of it, the second reads it from the cache to count the values
-/// below the bracket and collect those inside. No scattered reads from memory, as a sample of a
-/// large tensor needs. `None` for the bins where the caller must count the histogram.
-pub(crate) fn extremes_and_percentile_bins_of_cached_run(
-    x: &[f32],
-    bins: usize,
-    targets: &[f32],
-) -> (ExtremesPart, Option<Vec<usize>>) {
-    let n = x.len();
-    let mut e = ExtremesReducer.part(0, 1);
-    e.add(0, min_max::extremes(x));
-    let ranks: Vec<DecidingRank> = targets.iter().map(|&t| deciding_rank(t, n as u64)).collect();
-    let wanted: Vec<u64> =
-        ranks.iter().filter_map(|r| if let DecidingRank::Rank(k) = *r { Some(k) } else { None }).collect();
-    if e.non_finite > 0 || wanted.is_empty() || n < MIN_ELEMENTS {
-        return (e, None);
-    }
-    // One value per group of 64, at an offset that varies from group to group.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut sample: Vec<u32> = x
-        .chunks_exact(CACHED_SAMPLE_EVERY)
-        .map(|group| {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            abs_bits(group[(state >> 33) as usize % CACHED_SAMPLE_EVERY])
-        })
-        .collect();
-    let Some(bracket) = bracket_of_sample(&mut sample, n, &wanted, CACHED_SLACK) else {
-        return (e, None);
-    };
-    let mut found = Found { extremes: Extremes::EMPTY, below: 0, inside: Vec::new(), seen: 0, overflowed: false };
-    bracket.run(&mut found, 0, x);
-    let bins = bins_of_ranks(&e, found, bins, &ranks);
-    (e, bins)
-}
-
 /// The bin of every rank, from the values `found` collected; `None` when one is missing.
 fn bins_of_ranks(e: &ExtremesPart, mut found: Found, bins: usize, ranks: &[DecidingRank]) -> Option<Vec<usize>> {
     let (&[lo], &[hi]) = (e.min.as_slice(), e.max.as_slice()) else {
         return None;
     };
-    if e.non_finite > 0 || bins == 0 || found.overflowed {
+    if e.non_finite > 0 || found.overflowed {
         return None;
     }
-    let range = if -lo > hi { -lo } else { hi };
+    bins_of_collected(lo, hi, found.below, &mut found.inside, bins, ranks)
+}
+
+/// The bin of every rank among the (finite) values of one tensor or channel, with the extremes
+/// `min` and `max`, from the count of values below a bracket (`below`) and the `|v|` bits of
+/// all those inside it (`inside`, reordered); `None` when a rank falls outside what was
+/// collected, or where `max |x| * bins` overflows (the bin rule is not monotone there).
+pub(crate) fn bins_of_collected(
+    min: f32,
+    max: f32,
+    below: u64,
+    inside: &mut [u32],
+    bins: usize,
+    ranks: &[DecidingRank],
+) -> Option<Vec<usize>> {
+    if bins == 0 {
+        return None;
+    }
+    let range = if -min > max { -min } else { max };
     let (bins_f, top, nb) = (bins as f32, (bins - 1) as f32, bins as u32);
     if !(range * bins_f).is_finite() {
         return None; // where `|v| * bins` overflows, the bin rule is not monotone
@@ -143,12 +115,11 @@ fn bins_of_ranks(e: &ExtremesPart, mut found: Found, bins: usize, ranks: &[Decid
             DecidingRank::FirstBin => Some(0),
             DecidingRank::NoBin => Some(bins),
             DecidingRank::Rank(k) => {
-                let j = k.checked_sub(found.below + 1)? as usize;
-                if j >= found.inside.len() {
+                let j = k.checked_sub(below + 1)? as usize;
+                if j >= inside.len() {
                     return None;
                 }
-                let (_, &mut bits, _) = found.inside.select_nth_unstable(j);
-                let v = f32::from_bits(bits);
+                let v = f32::from_bits(nth_smallest(inside, j));
                 Some(if range > 0.0 { bin_of(v, bins_f, top, range, nb) as usize } else { 0 })
             }
         })
@@ -178,7 +149,7 @@ pub(crate) fn bins_of_all_values(values: &mut [u32], range: f32, bins: usize, ta
             DecidingRank::FirstBin => 0,
             DecidingRank::NoBin => bins,
             DecidingRank::Rank(k) => {
-                let (_, &mut bits, _) = values.select_nth_unstable(k as usize - 1);
+                let bits = nth_smallest(values, k as usize - 1);
                 if range > 0.0 { bin_of(f32::from_bits(bits), bins_f, top, range, nb) as usize } else { 0 }
             }
         })
@@ -223,7 +194,7 @@ fn bracket_from_sample<T: Element>(data: &[T], wanted: &[u64]) -> Option<Bracket
 /// The bracket of `|x|` bits around the ranks `wanted` (1-based, among `n` values) from a sample
 /// of them (as bits, reordered), with `slack` sample positions added on each side; `None` when it
 /// would be too wide to be worth collecting.
-fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -> Option<Bracket> {
+pub(crate) fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -> Option<Bracket> {
     let m = sample.len() as f64;
     let position = |k: u64, side: f64| {
         let q = k as f64 / n as f64;
@@ -243,32 +214,85 @@ fn bracket_of_sample(sample: &mut [u32], n: usize, wanted: &[u64], slack: f64) -
 }
 
 /// The values at positions `lo_at` and `hi_at` of `sample` in sorted order (`0` and `u32::MAX`
-/// for a position that is `None`), by two selections, not a sort: the upper one first, then the
-/// lower one among the values below it. Reorders `sample`.
+/// for a position that is `None`), each by [`nth_smallest`], not a sort. May reorder `sample`.
 pub(crate) fn order_statistics(sample: &mut [u32], lo_at: Option<usize>, hi_at: Option<usize>) -> (u32, u32) {
-    let mut below = sample;
-    let hi = match hi_at {
-        Some(at) => {
-            let (smaller, &mut v, _) = below.select_nth_unstable(at);
-            below = smaller;
-            v
-        }
-        None => u32::MAX,
-    };
-    let lo = match lo_at {
-        Some(at) if at < below.len() => *below.select_nth_unstable(at).1,
-        Some(_) => hi, // both positions are the same
-        None => 0,
-    };
+    let hi = hi_at.map_or(u32::MAX, |at| nth_smallest(sample, at));
+    let lo = lo_at.map_or(0, |at| nth_smallest(sample, at));
     (lo, hi)
+}
+
+/// Positions this close to either end of the order are found by one pass that keeps the few
+/// largest (smallest) values seen, not by a selection: the percentiles of calibration lie there.
+const NEAR_END: usize = 16;
+
+/// The value at position `at` (0-based, `at < values.len()`) of `values` in ascending order:
+/// by one pass keeping the [`NEAR_END`] largest or smallest values when `at` is that close to
+/// an end, else by a selection (which reorders `values`).
+pub(crate) fn nth_smallest(values: &mut [u32], at: usize) -> u32 {
+    let n = values.len();
+    if n - at <= NEAR_END {
+        return nth_from_end(values, n - at, true);
+    }
+    if at < NEAR_END {
+        return nth_from_end(values, at + 1, false);
+    }
+    *values.select_nth_unstable(at).1
+}
+
+multiversion! {
+    /// The `k`-th (1-based, `1 <= k <= min(NEAR_END, values.len())`) largest value of `values`
+    /// (`largest`), or smallest: one pass that keeps the `k` first met so far in order, testing
+    /// [`LANES`] values at a time against the `k`-th kept (few of them enter).
+    fn nth_from_end(values: &[u32], k: usize, largest: bool) -> u32 {
+        let before = |a: u32, b: u32| if largest { a > b } else { a < b };
+        let mut kept = [0u32; NEAR_END];
+        let mut held = 0;
+        let mut keep = |v: u32, kept: &mut [u32; NEAR_END]| {
+            // Insert `v`, dropping the last kept value when all k slots are full.
+            let mut i = if held < k { held } else { k - 1 };
+            while i > 0 && before(v, kept[i - 1]) {
+                kept[i] = kept[i - 1];
+                i -= 1;
+            }
+            kept[i] = v;
+            held = (held + 1).min(k);
+        };
+        let (first, rest) = values.split_at(k.min(values.len()));
+        for &v in first {
+            keep(v, &mut kept);
+        }
+        let mut chunks = rest.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            let last = kept[k - 1];
+            let mut enters = false;
+            for &v in chunk {
+                enters |= before(v, last);
+            }
+            if enters {
+                for &v in chunk {
+                    if before(v, kept[k - 1]) {
+                        keep(v, &mut kept);
+                    }
+                }
+            }
+        }
+        for &v in chunks.remainder() {
+            if before(v, kept[k - 1]) {
+                keep(v, &mut kept);
+            }
+        }
+        kept[k - 1]
+    }
 }
 
 /// Finds the extremes of `x`, counts the values of `|x|` below `lo` and collects those in
 /// `[lo, hi]` (as bits), up to a cap per piece.
-struct Bracket {
-    lo: u32,
-    hi: u32,
-    cap_fraction: f64,
+pub(crate) struct Bracket {
+    /// The bracket's ends, as `|x|` bits.
+    pub(crate) lo: u32,
+    pub(crate) hi: u32,
+    /// The most a piece may collect, as a fraction of the values it saw.
+    pub(crate) cap_fraction: f64,
 }
 
 /// What a piece of the tensor found.
@@ -430,6 +454,34 @@ mod tests {
         ));
         out.push(("two levels", ArrayD::from_shape_fn(shape, |i| if (i[0] / 1000) % 2 == 0 { 1.0 } else { 3.0 })));
         out
+    }
+
+    /// Every position of every order, near the ends or not, equals the sorted value, duplicates
+    /// and all.
+    #[test]
+    fn nth_smallest_equals_the_sorted_value() {
+        for n in [1usize, 2, 5, 16, 17, 40, 300] {
+            for pattern in 0..4 {
+                let values: Vec<u32> = (0..n)
+                    .map(|i| match pattern {
+                        0 => (i * 7919 % 101) as u32,
+                        1 => i as u32,
+                        2 => (n - i) as u32,
+                        _ => (i % 3) as u32,
+                    })
+                    .collect();
+                let mut sorted = values.clone();
+                sorted.sort_unstable();
+                for (at, &want) in sorted.iter().enumerate() {
+                    let mut v = values.clone();
+                    assert_eq!(nth_smallest(&mut v, at), want, "n {n}, pattern {pattern}, at {at}");
+                }
+                let mut v = values.clone();
+                for (lo, hi) in [(0, n - 1), (n / 2, n - 1), (n / 3, n / 2)] {
+                    assert_eq!(order_statistics(&mut v, Some(lo), Some(hi)), (sorted[lo], sorted[hi]));
+                }
+            }
+        }
     }
 
     #[test]
