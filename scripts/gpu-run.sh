@@ -10,6 +10,8 @@
 # 4. `qcalib bench --device cuda` (JSON into $OUT when set) and benches/compare_torch.py next to
 #    it when torch is installed (the figures for the closing note).
 # NCCL is set up first (nccl-env.sh), for the is_sync_quantize tests over NCCL.
+# GPU_RUN_DEMO_ELEMENTS and GPU_RUN_BENCH_ELEMENTS (4194304 and 67108864) size the demo and the
+# bench: small ones make a dry run of this script on softgpu possible (see the README).
 #
 # Usage: bash scripts/gpu-run.sh   (from the repository, with gpu-pack/ in it)
 #        bash gpu-pack/gpu-run.sh  (the copy inside the pack)
@@ -85,7 +87,9 @@ cases = json.load(open(cases))["cases"]
 # activations (channels in the middle and innermost): the per-channel kernels.
 pc = ["--qscheme", "per-channel-symmetric", "--ch-axis"]
 for observer in (["percentile"], ["kl"], ["kl", "--dtype", "qint16", "--update-interval", "2"], ["mix"]):
-    for files, axis in ((["w_l2_intermediate_dense_weight.npy"], "0"), (["w_l2_intermediate_dense_weight.npy"], "-1"),
+    # The weight twice: two batches, so that a KL window of two completes.
+    weight = ["w_l2_intermediate_dense_weight.npy"] * 2
+    for files, axis in ((weight, "0"), (weight, "-1"),
                         (["l2_ffn_out.b0.npy", "l2_ffn_out.b1.npy"], "1"), (["l2_ffn_out.b0.npy", "l2_ffn_out.b1.npy"], "-1")):
         args = ["--observer", *observer, *pc, axis]
         cases.append({"id": " ".join(args) + " " + files[0], "args": args, "files": files})
@@ -109,19 +113,21 @@ EOF
 
 step "demo on both devices (timings)"
 for device in cpu cuda; do
-    "$QCALIB_BIN" demo --device "$device" --elements 4194304 || failed+=("demo --device $device")
+    "$QCALIB_BIN" demo --device "$device" --elements "${GPU_RUN_DEMO_ELEMENTS:-4194304}" || failed+=("demo --device $device")
 done
 
-step "qcalib bench --device cuda (device-resident input, 64M elements)"
+elements="${GPU_RUN_BENCH_ELEMENTS:-67108864}"
+step "qcalib bench --device cuda (device-resident input, $elements elements)"
 out="${OUT:-$(mktemp -d)}"
-"$QCALIB_BIN" bench --device cuda --runs 5 --format json > "$out/bench-cuda.json" || failed+=("bench --device cuda")
-"$QCALIB_BIN" bench --device cuda --runs 5 || true
+"$QCALIB_BIN" bench --device cuda --runs 5 --elements "$elements" --format json > "$out/bench-cuda.json" \
+    || failed+=("bench --device cuda")
+"$QCALIB_BIN" bench --device cuda --runs 5 --elements "$elements" || true
 
 step "the same algorithms with torch ops on the same GPU (benches/compare_torch.py)"
-if python3 -c "import torch" 2>/dev/null; then
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     python3 "$pack/compare_torch.py" --qcalib "$QCALIB_BIN" --device cuda --runs 5 || failed+=("compare_torch.py")
 else
-    echo "(no torch here)"
+    echo "(no torch with CUDA here)"
 fi
 
 step "summary"
