@@ -49,7 +49,7 @@ const TERMS: usize = 8;
 const WARPS_PER_BLOCK: u64 = BLOCK_THREADS as u64 / 32;
 
 /// [`crate::search::kl::threshold_indices`] on the GPU: [`threshold_index`] of every histogram
-/// of `hists`, searched together (three launches per group of up to [`GROUP_BINS`] bins).
+/// of `hists`, searched together (three to five launches per group of up to [`GROUP_BINS`] bins).
 pub(crate) fn threshold_indices(gpu: &Gpu, hists: &[&[u64]], nq: u64) -> Result<Vec<Option<usize>>, GpuError> {
     let mut found = vec![None; hists.len()];
     // The histograms searched: those with a window (SPEC §4: the `len - 127` divergences must
