@@ -209,7 +209,7 @@ impl HistogramReducer<'static> {
 }
 
 impl<'s> HistogramReducer<'s> {
-    /// [`per_channel`](HistogramReducer::per_channel) histograms added into `sink` (channel `c`'s
+    /// `HistogramReducer::per_channel` histograms added into `sink` (channel `c`'s
     /// `bins[c]` counts into `sink[c]`) as the parts finish with them; the parts hold none.
     pub(crate) fn per_channel_into(bins: &[usize], hi: &[f32], sink: &'s Sink<'s>) -> Self {
         debug_assert_eq!(bins.len(), sink.len());
