@@ -156,6 +156,22 @@ QCALIB_DEVICE void abs_hists_rows(const typename E::T* __restrict__ x, u64 outer
     }
 }
 
+// Thread t's rows of its channel t.c of a channel-last [rows, C] tensor (see ColumnTile): bump(k)
+// for each value in bin k of b, and with want_extremes the channel's extremes into `ext`.
+template <typename E, typename Bump>
+QCALIB_DEVICE void count_column(const typename E::T* __restrict__ x, u64 rows, u64 C, const ColumnTile& t,
+                                const ChannelBins& b, u32 want_extremes, u32* __restrict__ ext, Bump bump) {
+    ExtremesAcc acc = extremes_empty();
+    const u64 step = (u64)gridDim.y * t.rows_per_step;
+    for (u64 r = (u64)blockIdx.y * t.rows_per_step + t.row; r < rows; r += step) {
+        const float v = E::widen(x[r * C + t.c]);
+        acc(v);
+        const u32 k = b.bin(v);
+        if (k < b.bins) bump(k);
+    }
+    if (want_extremes) extremes_commit(acc, t.c, C, ext);
+}
+
 // Channel-last [rows, C]: grid (ceil(C / tile), splits), see ColumnTile; each thread counts its
 // channel's values with global atomics (for channels of more bins than shared memory holds).
 template <typename E>
@@ -167,15 +183,7 @@ QCALIB_DEVICE void abs_hists_cols(const typename E::T* __restrict__ x, u64 rows,
     if (!t.active) return;
     const ChannelBins b = channel_bins(offsets, bins, hi, inv_hi, t.c);
     if (b.bins == 0 && !want_extremes) return;
-    ExtremesAcc acc = extremes_empty();
-    const u64 step = (u64)gridDim.y * t.rows_per_step;
-    for (u64 r = (u64)blockIdx.y * t.rows_per_step + t.row; r < rows; r += step) {
-        const float v = E::widen(x[r * C + t.c]);
-        acc(v);
-        const u32 k = b.bin(v);
-        if (k < b.bins) atomicAdd(&hist[b.offset + k], 1ull);
-    }
-    if (want_extremes) extremes_commit(acc, t.c, C, ext);
+    count_column<E>(x, rows, C, t, b, want_extremes, ext, [&](u32 k) { atomicAdd(&hist[b.offset + k], 1ull); });
 }
 
 // Channel-last [rows, C] with the counters in shared memory: grid (ceil(C / tile), splits); a
@@ -195,15 +203,7 @@ QCALIB_DEVICE void abs_hists_cols_shared(const typename E::T* __restrict__ x, u6
     if (t.active) {
         const ChannelBins b = channel_bins(offsets, bins, hi, inv_hi, t.c);
         u32* __restrict__ mine = counts + (u64)t.slot * stride;
-        ExtremesAcc acc = extremes_empty();
-        const u64 step = (u64)gridDim.y * t.rows_per_step;
-        for (u64 r = (u64)blockIdx.y * t.rows_per_step + t.row; r < rows; r += step) {
-            const float v = E::widen(x[r * C + t.c]);
-            acc(v);
-            const u32 k = b.bin(v);
-            if (k < b.bins) atomicAdd(&mine[k], 1u);
-        }
-        if (want_extremes) extremes_commit(acc, t.c, C, ext);
+        count_column<E>(x, rows, C, t, b, want_extremes, ext, [&](u32 k) { atomicAdd(&mine[k], 1u); });
     }
     __syncthreads();
     const u64 first = (u64)blockIdx.x * tile;

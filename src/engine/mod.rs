@@ -196,20 +196,12 @@ impl Engine {
         hi: &[f32],
         extremes: bool,
     ) -> Result<(Option<Extremes>, Vec<u64>)> {
-        let host = |x: &TensorView<'_>| {
-            if extremes {
-                let (e, h) = cpu::extremes_and_abs_histograms(x, axis, bins, hi);
-                (Some(e), h)
-            } else {
-                (None, cpu::abs_histograms(x, axis, bins, hi))
-            }
-        };
-        match (self, x) {
-            (_, Loaded::Host(x)) => Ok(host(x)),
-            (_, Loaded::HostCopy(x)) => Ok(host(&x.view())),
-            (Engine::Cuda(g), Loaded::Cuda(x)) => g.abs_histograms(x, axis, bins, hi, extremes),
-            (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
+        if let (Engine::Cuda(g), Loaded::Cuda(x)) = (self, x) {
+            return g.abs_histograms(x, axis, bins, hi, extremes);
         }
+        let mut counts = vec![0; bins.iter().sum()];
+        let e = self.add_abs_histograms(x, axis, bins, hi, extremes, &mut counts)?;
+        Ok((e, counts))
     }
 
     /// [`abs_histograms`](Engine::abs_histograms) added into `out` (which holds

@@ -41,18 +41,6 @@ pub(crate) fn abs_histograms(x: &TensorView<'_>, axis: usize, bins: &[usize], hi
     out
 }
 
-/// The per-channel extremes along `axis` and [`abs_histograms`] in one pass over the tensor.
-pub(crate) fn extremes_and_abs_histograms(
-    x: &TensorView<'_>,
-    axis: usize,
-    bins: &[usize],
-    hi: &[f32],
-) -> (Extremes, Vec<u64>) {
-    let mut out = vec![0; bins.iter().sum()];
-    let e = extremes_and_add_histograms(x, axis, bins, hi, &histogram::sink(bins, &mut out));
-    (e, out)
-}
-
 /// Adds [`abs_histograms`] into `out` (which holds `bins.iter().sum()` counters, channel after
 /// channel); with `extremes`, also returns the per-channel extremes, from the same pass. Each
 /// part of the work adds its counts into `out` when it is done with a channel: no vector of

@@ -7,7 +7,7 @@ use super::batch::{ChannelLayout, DeviceBatch, with_device_buf};
 use super::context::Gpu;
 use super::error::GpuError;
 use super::extremes::{decode, rows_split};
-use super::launch::{BLOCK_THREADS, KernelSpec, MAX_GRID_X, MAX_GRID_YZ, Param, inner_magic};
+use super::launch::{BLOCK_THREADS, KernelSpec, Launch, MAX_GRID_X, MAX_GRID_YZ, Param, inner_magic};
 use super::read_back::read_back;
 use crate::engine::Extremes;
 
@@ -224,6 +224,14 @@ struct ChannelParams {
     max_bins: usize,
 }
 
+impl ChannelParams {
+    /// Pushes `offsets, bins, hi, inv_hi, want_extremes`, in the place every per-channel
+    /// histogram kernel takes them.
+    fn push<'a, 'l>(&'a self, launch: &'l mut Launch<'a>) -> &'l mut Launch<'a> {
+        launch.slice(&self.offsets).slice(&self.bins).slice(&self.hi).slice(&self.inv_hi).u32(&self.want_extremes)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch_per_channel<T>(
     gpu: &Gpu,
@@ -249,21 +257,9 @@ fn launch_per_channel<T>(
     let (name, shared_bytes) =
         if shared { (ROWS_SHARED[dtype], p.max_bins as u32 * 4) } else { (ROWS_GLOBAL[dtype], 0) };
     let magic = inner_magic(inner);
-    gpu.launch(stream, name)?
-        .view(x)
-        .u64(&outer)
-        .u64(&c)
-        .u64(&inner)
-        .u64(&per_split)
-        .u32(&magic)
-        .slice(&p.offsets)
-        .slice(&p.bins)
-        .slice(&p.hi)
-        .slice(&p.inv_hi)
-        .u32(&p.want_extremes)
-        .slice_mut(hist)
-        .slice_mut(ext)
-        .launch((c, splits, 1), shared_bytes)
+    let mut launch = gpu.launch(stream, name)?;
+    launch.view(x).u64(&outer).u64(&c).u64(&inner).u64(&per_split).u32(&magic);
+    p.push(&mut launch).slice_mut(hist).slice_mut(ext).launch((c, splits, 1), shared_bytes)
 }
 
 /// Values a block of the channel-last shared-memory kernel counts per counter it clears and
@@ -291,19 +287,9 @@ fn launch_columns<T>(
         let tile = c.min(threads);
         let rows_per_step = threads / tile;
         let row_splits = (rows.div_ceil(rows_per_step * 64)).clamp(1, MAX_GRID_YZ);
-        return gpu
-            .launch(stream, COLS[dtype])?
-            .view(x)
-            .u64(&rows)
-            .u64(&c)
-            .slice(&p.offsets)
-            .slice(&p.bins)
-            .slice(&p.hi)
-            .slice(&p.inv_hi)
-            .u32(&p.want_extremes)
-            .slice_mut(hist)
-            .slice_mut(ext)
-            .launch((c.div_ceil(tile), row_splits, 1), 0);
+        let mut launch = gpu.launch(stream, COLS[dtype])?;
+        launch.view(x).u64(&rows).u64(&c);
+        return p.push(&mut launch).slice_mut(hist).slice_mut(ext).launch((c.div_ceil(tile), row_splits, 1), 0);
     }
     let stride = p.max_bins.max(1) as u64;
     let tile = c.min(threads).min(MAX_SHARED_BINS as u64 / stride);
@@ -321,18 +307,7 @@ fn launch_columns<T>(
         return Err(GpuError::TooLarge(format!("{rows} rows of {c} channels")));
     }
     let (tile32, stride32) = (tile as u32, stride as u32);
-    gpu.launch(stream, COLS_SHARED[dtype])?
-        .view(x)
-        .u64(&rows)
-        .u64(&c)
-        .u32(&tile32)
-        .u32(&stride32)
-        .slice(&p.offsets)
-        .slice(&p.bins)
-        .slice(&p.hi)
-        .slice(&p.inv_hi)
-        .u32(&p.want_extremes)
-        .slice_mut(hist)
-        .slice_mut(ext)
-        .launch((tiles, row_splits, 1), tile32 * stride32 * 4)
+    let mut launch = gpu.launch(stream, COLS_SHARED[dtype])?;
+    launch.view(x).u64(&rows).u64(&c).u32(&tile32).u32(&stride32);
+    p.push(&mut launch).slice_mut(hist).slice_mut(ext).launch((tiles, row_splits, 1), tile32 * stride32 * 4)
 }
