@@ -43,7 +43,7 @@ export NCCL_MULTI_RANK_GPU_ENABLE=1 NCCL_NVLS_ENABLE=0 NCCL_MAX_CTAS=1
 # --- end of NCCL setup -------------------------------------------------------------------------
 
 failed=()
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s   (at %d s)\n' "$*" "$SECONDS"; }
 
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
@@ -131,6 +131,8 @@ else
 fi
 
 step "summary"
+# The test logs come back with the bench JSON when $OUT is set (a device run's output folder).
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/test-logs.tgz" -C "$logs" . || true; fi
 if [ "${#failed[@]}" -eq 0 ]; then
     echo "all passed"
 else

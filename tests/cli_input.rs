@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_qcalib");
-
 fn scratch(test: &str) -> PathBuf {
     common::scratch("cli-input", test)
 }
@@ -28,14 +26,14 @@ struct Run {
 
 /// Runs qcalib with `args` (stdout discarded) and measures the child alone (`wait4`).
 fn run(args: &[&str]) -> Run {
-    run_command(Command::new(BIN).args(args))
+    run_command(Command::new(common::qcalib_bin()).args(args))
 }
 
 /// [`run`] with the child's address space limited to 2 GiB, for inputs that could make a broken
 /// qcalib take all the machine's memory.
 fn run_limited(args: &[&str]) -> Run {
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(common::qcalib_bin());
     command.args(args);
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

@@ -11,8 +11,6 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_qcalib");
-
 /// A fresh directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
     common::scratch("cli-output", test)
@@ -53,7 +51,12 @@ fn stdout_on_a_full_disk_is_one_line_on_stderr_and_a_failure() {
     let state = dir.join("s.json").display().to_string();
     for extra in [&["--format", "table"][..], &["--format", "json"], &["--state", &state]] {
         let args = calibrate_args(&dir, extra);
-        let o = Command::new(BIN).args(&args).stdout(dev_full().unwrap()).stderr(Stdio::piped()).output().unwrap();
+        let o = Command::new(common::qcalib_bin())
+            .args(&args)
+            .stdout(dev_full().unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!panicked(&o), "{extra:?}: {err}");
         assert_eq!(o.status.code(), Some(1), "{extra:?}: {err}");
@@ -65,7 +68,12 @@ fn stdout_on_a_full_disk_is_one_line_on_stderr_and_a_failure() {
     assert_eq!(state["files_observed"], 1);
     // The other commands too.
     for args in [&["demo", "--elements", "4096", "--device", "cpu"][..], &["--help"], &["--version"]] {
-        let o = Command::new(BIN).args(args).stdout(dev_full().unwrap()).stderr(Stdio::piped()).output().unwrap();
+        let o = Command::new(common::qcalib_bin())
+            .args(args)
+            .stdout(dev_full().unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!panicked(&o) && o.status.code() == Some(1), "{args:?}: {:?} {err}", o.status);
         assert!(err.contains("No space left") || err.contains("os error 28"), "{args:?}: {err}");
@@ -81,7 +89,7 @@ fn a_closed_pipe_ends_quietly_with_status_141() {
         // The reader is closed before qcalib starts, so its first write meets a broken pipe.
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let o = Command::new(BIN).args(&args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        let o = Command::new(common::qcalib_bin()).args(&args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
         assert_eq!(o.status.code(), Some(141), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
         assert!(o.stderr.is_empty(), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
@@ -91,7 +99,7 @@ fn a_closed_pipe_ends_quietly_with_status_141() {
     // As in a shell: `qcalib demo | true`.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let o = Command::new(BIN)
+    let o = Command::new(common::qcalib_bin())
         .args(["demo", "--elements", "4096", "--device", "cpu"])
         .stdout(writer)
         .stderr(Stdio::piped())
@@ -100,8 +108,8 @@ fn a_closed_pipe_ends_quietly_with_status_141() {
     assert_eq!(o.status.code(), Some(141));
     assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
     if Path::new("/bin/sh").exists() {
-        let script = format!("'{BIN}' demo --elements 4096 --device cpu | true; echo $?");
-        let o = Command::new("/bin/sh").args(["-c", &script]).output().unwrap();
+        let script = "\"$0\" demo --elements 4096 --device cpu | true; echo $?";
+        let o = Command::new("/bin/sh").args(["-c", script]).arg(common::qcalib_bin()).output().unwrap();
         let status = String::from_utf8_lossy(&o.stdout);
         // `true` may exit before or after qcalib's first write: either it ends quietly (141) or
         // it had written everything (0); never a panic.
@@ -121,14 +129,20 @@ fn stderr_on_a_full_disk_still_fails_without_a_panic() {
         (vec!["calibrate", "--observer", "min-max", missing.as_str()], true),
     ] {
         let stdout = if stdout_full { Stdio::from(dev_full().unwrap()) } else { Stdio::piped() };
-        let o = Command::new(BIN).args(&args).stdout(stdout).stderr(dev_full().unwrap()).output().unwrap();
+        let o =
+            Command::new(common::qcalib_bin()).args(&args).stdout(stdout).stderr(dev_full().unwrap()).output().unwrap();
         assert!(!o.status.success(), "{args:?}");
         assert_ne!(o.status.code(), Some(101), "{args:?}: panicked");
         assert!(o.status.code().is_some(), "{args:?}: ended by a signal");
     }
     // Both unwritable, with output to write.
     let args = calibrate_args(&dir, &[]);
-    let o = Command::new(BIN).args(&args).stdout(dev_full().unwrap()).stderr(dev_full().unwrap()).output().unwrap();
+    let o = Command::new(common::qcalib_bin())
+        .args(&args)
+        .stdout(dev_full().unwrap())
+        .stderr(dev_full().unwrap())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
 }
 
@@ -155,7 +169,7 @@ fn control_characters_in_names_are_escaped_in_text_but_kept_in_json() {
     let file = dir.join("batch.safetensors");
     hostile_safetensors(&file);
     let f = file.display().to_string();
-    let table = Command::new(BIN).args(["calibrate", "--observer", "min-max", &f]).output().unwrap();
+    let table = Command::new(common::qcalib_bin()).args(["calibrate", "--observer", "min-max", &f]).output().unwrap();
     assert!(table.status.success(), "{}", String::from_utf8_lossy(&table.stderr));
     assert!(!has_raw_controls(&table.stdout), "{:?}", String::from_utf8_lossy(&table.stdout));
     let text = String::from_utf8_lossy(&table.stdout);
@@ -164,7 +178,10 @@ fn control_characters_in_names_are_escaped_in_text_but_kept_in_json() {
     assert_eq!(text.lines().filter(|l| l.contains("batch(es)")).count(), 1, "{text}");
 
     // JSON is unchanged: the name is the key, as JSON escapes it.
-    let json = Command::new(BIN).args(["calibrate", "--observer", "min-max", "--format", "json", &f]).output().unwrap();
+    let json = Command::new(common::qcalib_bin())
+        .args(["calibrate", "--observer", "min-max", "--format", "json", &f])
+        .output()
+        .unwrap();
     assert!(!json.stdout.contains(&0x1b));
     let v: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v[HOSTILE]["max_val"][0], 1.0);
@@ -180,7 +197,13 @@ fn control_characters_in_names_are_escaped_in_text_but_kept_in_json() {
     let hostile_path = dir.join(format!("{}.npy", HOSTILE.replace('/', "_")));
     std::fs::write(&hostile_path, b"not a .npy").unwrap();
     for file in [nan_file, hostile_path.clone(), dir.join("missing\x1b[2J.npy")] {
-        let o = Command::new(BIN).arg("calibrate").arg("--observer").arg("min-max").arg(&file).output().unwrap();
+        let o = Command::new(common::qcalib_bin())
+            .arg("calibrate")
+            .arg("--observer")
+            .arg("min-max")
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(!o.status.success());
         assert!(!has_raw_controls(&o.stderr), "{:?}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1, "{}", String::from_utf8_lossy(&o.stderr));
@@ -189,8 +212,12 @@ fn control_characters_in_names_are_escaped_in_text_but_kept_in_json() {
     // As the state file's name too.
     let state = dir.join("state\x1b[31m.json");
     std::fs::write(&state, "{").unwrap();
-    let o =
-        Command::new(BIN).args(["calibrate", "--observer", "min-max", "--state"]).arg(&state).arg(&f).output().unwrap();
+    let o = Command::new(common::qcalib_bin())
+        .args(["calibrate", "--observer", "min-max", "--state"])
+        .arg(&state)
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(!has_raw_controls(&o.stderr), "{:?}", String::from_utf8_lossy(&o.stderr));
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 fn qcalib(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qcalib")).args(args).output().expect("run qcalib")
+    Command::new(common::qcalib_bin()).args(args).output().expect("run qcalib")
 }
 
 fn stderr(o: &Output) -> String {
@@ -262,12 +262,8 @@ fn killed_mid_run_then_resumed_gives_the_uninterrupted_result() {
     args.push(state.display().to_string());
     args.extend(options.iter().map(|s| s.to_string()));
     args.extend(files.iter().cloned());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qcalib"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(common::qcalib_bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let start = Instant::now();
     while !state.exists() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(2));
@@ -288,7 +284,7 @@ fn a_multi_rank_run_refuses_a_state_file() {
     let dir = scratch("ranks");
     let files = npy_batches(&dir, 1, 64);
     let state = dir.join("state.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_qcalib"))
+    let o = Command::new(common::qcalib_bin())
         .args(["calibrate", "--observer", "min-max", "--is-sync-quantize", "--state"])
         .arg(&state)
         .args(&files)

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_qcalib");
-
 fn scratch(test: &str) -> PathBuf {
     common::scratch("cli-lock", test)
 }
@@ -40,7 +38,7 @@ const KL: &[&str] = &["--observer", "kl", "--update-interval", "3", "--bins", "2
 const MIN_MAX: &[&str] = &["--observer", "min-max", "--device", "cpu"];
 
 fn command(options: &[&str], state: &Path, files: &[String]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(common::qcalib_bin());
     c.arg("calibrate").args(options).args(["--format", "json", "--state"]).arg(state).args(files);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     c

@@ -853,7 +853,7 @@ mod processes {
 
     /// Starts rank `rank` of `world` with torchrun's variables.
     fn spawn_rank(rank: usize, world: usize, port: u16, timeout_s: f64, args: &[String]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_qcalib"))
+        Command::new(common::qcalib_bin())
             .args(args)
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", world.to_string())
@@ -876,7 +876,7 @@ mod processes {
     }
 
     fn single_rank(args: &[String]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_qcalib")).args(args).env_remove("WORLD_SIZE").output().unwrap()
+        Command::new(common::qcalib_bin()).args(args).env_remove("WORLD_SIZE").output().unwrap()
     }
 
     fn json(o: &Output) -> serde_json::Value {
@@ -982,7 +982,8 @@ mod processes {
         // Under an address-space limit of 2 GiB, as a machine with a memory limit would run it:
         // a store that allocated what a peer announces before checking it would abort.
         let child = Command::new("bash")
-            .args(["-c", "ulimit -v 2097152 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_qcalib")])
+            .args(["-c", "ulimit -v 2097152 && exec \"$0\" \"$@\""])
+            .arg(common::qcalib_bin())
             .args(calibrate("min-max", &["--is-sync-quantize"], &[a]))
             .envs([("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("QCALIB_SYNC_TIMEOUT", "8")])
             .env("MASTER_PORT", port.to_string())
@@ -1042,7 +1043,7 @@ mod processes {
         let dir = scratch("world");
         let a = dir.join("a.npy");
         write_npy(&a, &[1.0, -2.0]);
-        let o = Command::new(env!("CARGO_BIN_EXE_qcalib"))
+        let o = Command::new(common::qcalib_bin())
             .args(calibrate("min-max", &["--is-sync-quantize"], &[a]))
             .envs([("WORLD_SIZE", "1000000000000"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")])
             .output()
