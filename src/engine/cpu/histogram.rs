@@ -845,7 +845,7 @@ const TILE_CHANNELS: usize = 8;
 ///    time, instead of those of the whole block, value after value.
 ///
 /// Measured in one process (CPU time of the KL observer's per-channel batch, 2^26 values, 1024
-/// channels innermost, 2048 bins; `qcalib bench` data): about 25% less than the row kernel on
+/// channels innermost, 2048 bins; `qcalib bench` data): about 20% less than the row kernel on
 /// blocks of 32 channels; the two phases take about half each.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
