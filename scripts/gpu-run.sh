@@ -12,6 +12,8 @@
 # NCCL is set up first (nccl-env.sh), for the is_sync_quantize tests over NCCL.
 # GPU_RUN_DEMO_ELEMENTS and GPU_RUN_BENCH_ELEMENTS (4194304 and 67108864) size the demo and the
 # bench: small ones make a dry run of this script on softgpu possible (see the README).
+# GPU_RUN_TESTS (test executable names, e.g. "qcalib-lib gpu sync") runs those alone, for a
+# recheck in little device time; all of them by default.
 #
 # Usage: bash scripts/gpu-run.sh   (from the repository, with gpu-pack/ in it)
 #        bash gpu-pack/gpu-run.sh  (the copy inside the pack)
@@ -53,6 +55,7 @@ step "test executables"
 logs=$(mktemp -d)
 for t in "$bin"/tests/*; do
     name=$(basename "$t")
+    if [ -n "${GPU_RUN_TESTS:-}" ] && [[ " $GPU_RUN_TESTS " != *" $name "* ]]; then continue; fi
     echo "-- $name"
     "$t" --test-threads 4 > "$logs/$name.log" 2>&1
     rc=$?

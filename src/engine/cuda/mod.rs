@@ -240,6 +240,22 @@ impl CudaEngine {
         })
     }
 
+    /// [`abs_histograms`](Self::abs_histograms) added into `out` (`out[i] += count[i]`); on an
+    /// error, `out` may hold part of the counts.
+    pub(crate) fn add_abs_histograms(
+        &self,
+        x: &DeviceBatch<'_>,
+        axis: usize,
+        bins: &[usize],
+        hi: &[f32],
+        want_extremes: bool,
+        out: &mut [u64],
+    ) -> Result<Option<Extremes>> {
+        self.run("the per-channel histogram kernel", |gpu| {
+            histogram::add_abs_histograms(gpu, x, x.layout(Some(axis)), bins, hi, want_extremes, out)
+        })
+    }
+
     /// The first bins of the histogram of `|x|` whose cumulative counts reach `targets`.
     pub(crate) fn percentile_bins(
         &self,
