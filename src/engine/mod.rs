@@ -196,9 +196,6 @@ impl Engine {
         hi: &[f32],
         extremes: bool,
     ) -> Result<(Option<Extremes>, Vec<u64>)> {
-        if let (Engine::Cuda(g), Loaded::Cuda(x)) = (self, x) {
-            return g.abs_histograms(x, axis, bins, hi, extremes);
-        }
         let mut counts = vec![0; bins.iter().sum()];
         let e = self.add_abs_histograms(x, axis, bins, hi, extremes, &mut counts)?;
         Ok((e, counts))
