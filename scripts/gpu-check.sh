@@ -7,7 +7,7 @@
 #   gpu-pack/bin/qcalib.gz     the release CLI, gzipped
 #   gpu-pack/repo/tests/...    the fixtures the tests read (the tests take QCALIB_REPO)
 #   gpu-pack/shared/...        ../shared/golden and ../shared/tools when this checkout has them
-#   gpu-pack/gpu-run.sh, nccl-env.sh, compare_torch.py   the scripts that run it all
+#   gpu-pack/gpu-run.sh, gpu-profile.sh, nccl-env.sh, compare_torch.py   the scripts that run it all
 #
 # Usage: scripts/gpu-check.sh            (then: scripts/gpu-run.sh on the GPU machine)
 set -euo pipefail
@@ -51,7 +51,7 @@ if [ -f "$shared/golden/cases.json" ] && [ -f "$shared/tools/check_cases.py" ]; 
     chmod -R u+w "$pack/shared"
     echo "  shared/golden and shared/tools from $shared"
 fi
-cp scripts/gpu-run.sh scripts/nccl-env.sh benches/compare_torch.py "$pack/"
+cp scripts/gpu-run.sh scripts/gpu-profile.sh scripts/nccl-env.sh benches/compare_torch.py "$pack/"
 
 size=$(du -sm "$pack" | cut -f1)
 du -sh "$pack"/* | sed 's/^/  /'

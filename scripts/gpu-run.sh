@@ -12,6 +12,8 @@
 # NCCL is set up first (nccl-env.sh), for the is_sync_quantize tests over NCCL.
 # GPU_RUN_DEMO_ELEMENTS and GPU_RUN_BENCH_ELEMENTS (4194304 and 67108864) size the demo and the
 # bench: small ones make a dry run of this script on softgpu possible (see the README).
+# GPU_RUN_TESTS (test executable names, e.g. "qcalib-lib gpu sync") runs those alone, for a
+# recheck in little device time; all of them by default.
 #
 # Usage: bash scripts/gpu-run.sh   (from the repository, with gpu-pack/ in it)
 #        bash gpu-pack/gpu-run.sh  (the copy inside the pack)
@@ -48,16 +50,22 @@ step() { printf '\n== %s   (at %d s)\n' "$*" "$SECONDS"; }
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
 "$QCALIB_BIN" --version
+# Two NCCL ranks on one GPU need NCCL >= 2.30: the version says which NCCL tests can run here.
+python3 -c "import torch; print('torch', torch.__version__, 'NCCL', '.'.join(map(str, torch.cuda.nccl.version())))" \
+    2>/dev/null || echo "(no torch with CUDA: NCCL version unknown)"
 
 step "test executables"
 logs=$(mktemp -d)
 for t in "$bin"/tests/*; do
     name=$(basename "$t")
+    if [ -n "${GPU_RUN_TESTS:-}" ] && [[ " $GPU_RUN_TESTS " != *" $name "* ]]; then continue; fi
     echo "-- $name"
-    "$t" --test-threads 4 > "$logs/$name.log" 2>&1
+    # --show-output: what passing tests print too, so that a test that returned early ("SKIPPED:
+    # two NCCL ranks need ...") shows here instead of passing silently.
+    "$t" --test-threads 4 --show-output > "$logs/$name.log" 2>&1
     rc=$?
     # The skips and failures in full, then the summary.
-    grep -E "skipped|panicked|FAILED|failed|^test result" "$logs/$name.log" | head -n 60
+    grep -iE "skipped|panicked|FAILED|failed|^test result" "$logs/$name.log" | sort -u | head -n 60
     if [ "$rc" != 0 ]; then
         tail -n 60 "$logs/$name.log"
         failed+=("tests/$name")
@@ -131,6 +139,8 @@ else
 fi
 
 step "summary"
+skips=$(grep -ihE "skipped" "$logs"/*.log | grep -v "^test result" | sort -u)
+if [ -n "$skips" ]; then printf 'skipped here (not failures; what this machine cannot run):\n%s\n' "$skips"; fi
 # The test logs come back with the bench JSON when $OUT is set (a device run's output folder).
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/test-logs.tgz" -C "$logs" . || true; fi
 if [ "${#failed[@]}" -eq 0 ]; then

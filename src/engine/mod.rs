@@ -196,9 +196,6 @@ impl Engine {
         hi: &[f32],
         extremes: bool,
     ) -> Result<(Option<Extremes>, Vec<u64>)> {
-        if let (Engine::Cuda(g), Loaded::Cuda(x)) = (self, x) {
-            return g.abs_histograms(x, axis, bins, hi, extremes);
-        }
         let mut counts = vec![0; bins.iter().sum()];
         let e = self.add_abs_histograms(x, axis, bins, hi, extremes, &mut counts)?;
         Ok((e, counts))
@@ -208,7 +205,8 @@ impl Engine {
     /// `bins.iter().sum()` counters, channel after channel): for an observer that keeps the
     /// buffer from batch to batch. The CPU adds each channel's counts there as it finishes with
     /// them (no per-batch vector of all the counts to allocate, fault in and copy); a GPU reads
-    /// its counts back and adds them.
+    /// its counts back through a page-locked buffer it keeps and adds them. On an error, `out`
+    /// may hold part of the counts (the observers drop it then).
     pub(crate) fn add_abs_histograms(
         &self,
         x: &Loaded<'_>,
@@ -228,13 +226,7 @@ impl Engine {
         match (self, x) {
             (_, Loaded::Host(x)) => Ok(cpu::add_abs_histograms(x, axis, bins, hi, extremes, out)),
             (_, Loaded::HostCopy(x)) => Ok(cpu::add_abs_histograms(&x.view(), axis, bins, hi, extremes, out)),
-            (Engine::Cuda(g), Loaded::Cuda(x)) => {
-                let (e, counts) = g.abs_histograms(x, axis, bins, hi, extremes)?;
-                for (o, c) in out.iter_mut().zip(counts) {
-                    *o += c;
-                }
-                Ok(e)
-            }
+            (Engine::Cuda(g), Loaded::Cuda(x)) => g.add_abs_histograms(x, axis, bins, hi, extremes, out),
             (Engine::Cpu, Loaded::Cuda(_)) => Err(mismatch()),
         }
     }

@@ -9,6 +9,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::error::GpuError;
 use super::launch::{Kernel, KernelSpec, Launch};
+use super::read_back::Staging;
 use super::{extremes, fake_quant, histogram, kl, percentile, ptx};
 
 /// Every kernel the launchers use.
@@ -29,6 +30,8 @@ pub(crate) struct Gpu {
     pub stream: Arc<CudaStream>,
     /// Streaming multiprocessors (for grid sizes that do not affect results).
     pub sms: u64,
+    /// The page-locked buffer through which large counts come back.
+    pub staging: Staging,
     kernels: HashMap<&'static str, Kernel>,
 }
 
@@ -49,7 +52,7 @@ impl Gpu {
         if let Some(missing) = all_kernels().find(|k| !kernels.contains_key(k.name)) {
             return Err(GpuError::Internal(format!("kernel {} is in no embedded module", missing.name)));
         }
-        Ok(Gpu { ordinal, ctx, stream, sms: sms.max(1) as u64, kernels })
+        Ok(Gpu { ordinal, ctx, stream, sms: sms.max(1) as u64, staging: Staging::default(), kernels })
     }
 
     /// The kernel `name`.

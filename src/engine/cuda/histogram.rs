@@ -198,20 +198,20 @@ pub(crate) fn abs_histograms_on_device(
     Ok((extremes, hist))
 }
 
-/// [`abs_histograms_on_device`], the counts read back.
-pub(crate) fn abs_histograms(
+/// [`abs_histograms_on_device`], the counts added to `out` (every channel's counts in turn)
+/// through the GPU's page-locked staging buffer. On an error, `out` may hold part of the counts.
+pub(crate) fn add_abs_histograms(
     gpu: &Gpu,
     x: &DeviceBatch<'_>,
     layout: ChannelLayout,
     bins: &[usize],
     hi: &[f32],
     want_extremes: bool,
-) -> Result<(Option<Extremes>, Vec<u64>), GpuError> {
+    out: &mut [u64],
+) -> Result<Option<Extremes>, GpuError> {
     let (extremes, hist) = abs_histograms_on_device(gpu, x, layout, bins, hi, want_extremes)?;
-    let total: usize = bins.iter().sum();
-    let mut counts = read_back(x.stream(), &hist)?;
-    counts.truncate(total);
-    Ok((extremes, counts))
+    gpu.staging.add_back(&gpu.ctx, x.stream(), &hist, out)?;
+    Ok(extremes)
 }
 
 /// The per-channel arguments of the per-channel histogram kernels, on the device.

@@ -225,18 +225,20 @@ impl CudaEngine {
     }
 
     /// Histograms of `|x|` per channel along `axis` (`bins[c]` bins on `[0, hi[c]]`, every
-    /// channel's counts in turn), and with `want_extremes` the per-channel extremes from the same
-    /// pass.
-    pub(crate) fn abs_histograms(
+    /// channel's counts in turn) added into `out` (`out[i] += count[i]`), and with
+    /// `want_extremes` the per-channel extremes from the same pass. On an error, `out` may hold
+    /// part of the counts.
+    pub(crate) fn add_abs_histograms(
         &self,
         x: &DeviceBatch<'_>,
         axis: usize,
         bins: &[usize],
         hi: &[f32],
         want_extremes: bool,
-    ) -> Result<(Option<Extremes>, Vec<u64>)> {
+        out: &mut [u64],
+    ) -> Result<Option<Extremes>> {
         self.run("the per-channel histogram kernel", |gpu| {
-            histogram::abs_histograms(gpu, x, x.layout(Some(axis)), bins, hi, want_extremes)
+            histogram::add_abs_histograms(gpu, x, x.layout(Some(axis)), bins, hi, want_extremes, out)
         })
     }
 

@@ -318,12 +318,16 @@ fn per_channel_histograms_are_identical() {
                 let hi: Vec<f32> = (0..channels).map(|c| e.abs_max(c) * [1.0, 0.5, 0.0, 2.0][c % 4]).collect();
                 let what = format!("{} {shape:?} axis {axis} bins {sizes:?}", x.dtype_name());
                 let want = cpu::abs_histograms(&x, axis, &bins, &hi);
-                let (none, got) = g.abs_histograms(&batch, axis, &bins, &hi, false).unwrap();
+                let mut got = vec![0; want.len()];
+                let none = g.add_abs_histograms(&batch, axis, &bins, &hi, false, &mut got).unwrap();
                 assert!(none.is_none() && got == want, "{what}");
                 let mut want_h = vec![0; bins.iter().sum()];
                 let want_e = cpu::add_abs_histograms(&x, axis, &bins, &hi, true, &mut want_h);
-                let (got_e, got_h) = g.abs_histograms(&batch, axis, &bins, &hi, true).unwrap();
-                assert!(got_h == want_h, "with extremes: {what}");
+                // Added to counts already there, as an observer's buffer holds them.
+                let before: Vec<u64> = (0..want_h.len() as u64).map(|i| i * 3 + 1).collect();
+                let mut got_h = before.clone();
+                let got_e = g.add_abs_histograms(&batch, axis, &bins, &hi, true, &mut got_h).unwrap();
+                assert!(got_h.iter().zip(&before).zip(&want_h).all(|((g, b), w)| *g == b + w), "with extremes: {what}");
                 assert!(want_e.is_some() && got_e == want_e, "with extremes: {what}");
             }
         }
@@ -417,4 +421,24 @@ fn per_channel_kl_thresholds_are_identical() {
     }
     assert_eq!(g.kl_threshold_indices(&[], 128).unwrap(), Vec::<Option<usize>>::new());
     assert_eq!(g.kl_threshold_indices(&[&[0; 600], &[1; 100]], 128).unwrap(), vec![None, None]);
+}
+
+#[test]
+fn counts_come_back_through_page_locked_memory_in_pieces() {
+    let Some(g) = gpu("counts_come_back_through_page_locked_memory_in_pieces") else { return };
+    let gpu = &g.gpu;
+    let stream = &gpu.stream;
+    let counts: Vec<u64> = (0..1000u64).map(|i| i * i + u64::from(u32::MAX)).collect();
+    let on_device = stream.clone_htod(&counts).unwrap();
+    let staging = super::read_back::Staging::default();
+    // Pieces that divide the counts, that do not, and one piece for all; counts added to what
+    // is there; fewer counts read than the device holds.
+    for (piece, n) in [(100, 1000), (7, 1000), (4096, 1000), (64, 999)] {
+        let mut out: Vec<u64> = (0..n as u64).collect();
+        staging.add_back_in_pieces(&gpu.ctx, stream, &on_device, &mut out, piece).unwrap();
+        assert!(staging.is_pinned(), "piece {piece}: no page-locked buffer");
+        assert!(out.iter().enumerate().all(|(i, &o)| o == i as u64 + counts[i]), "piece {piece}, {n} counts");
+    }
+    let mut too_many = vec![0u64; 1001];
+    assert!(staging.add_back_in_pieces(&gpu.ctx, stream, &on_device, &mut too_many, 64).is_err());
 }

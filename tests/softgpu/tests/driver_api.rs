@@ -167,6 +167,52 @@ fn async_work_is_done_when_its_stream_or_event_is_synchronised() {
 }
 
 #[test]
+fn copies_into_pinned_memory_are_asynchronous_and_pinned_memory_is_freed_once() {
+    static LOG: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+    use_device(0);
+    let s = new_stream(1);
+    let a = alloc(16);
+    upload(a, &[5u32, 6, 7, 8]);
+    let mut pinned: *mut c_void = std::ptr::null_mut();
+    // SAFETY: one out-pointer.
+    ok(unsafe { memory::cuMemHostAlloc(&mut pinned, 16, 0) });
+    let pinned = pinned.cast::<u32>();
+    // SAFETY: 16 bytes were allocated.
+    let view = || unsafe { std::ptr::read_volatile(pinned.cast::<[u32; 4]>()) };
+    assert_eq!(view(), [u32::MAX; 4], "new pinned memory is poisoned");
+    // Behind a slow step, the copy into pinned memory returns before its bytes arrive.
+    host_step(s, &LOG, "slow", 100);
+    // SAFETY: the pinned buffer holds 16 bytes and outlives the stream's work.
+    ok(unsafe { memory::cuMemcpyDtoHAsync_v2(pinned.cast(), a, 16, s) });
+    assert_eq!(view(), [u32::MAX; 4]);
+    assert_eq!(stream::cuStreamQuery(s), CUresult::CUDA_ERROR_NOT_READY);
+    ok(stream::cuStreamSynchronize(s));
+    assert_eq!(view(), [5, 6, 7, 8]);
+    // Into pageable memory, the same call returns with the bytes there (unless
+    // SOFTGPU_PAGEABLE_COPIES=async asks otherwise).
+    if !memory::async_pageable_copies() {
+        let mut host = [0u32; 4];
+        host_step(s, &LOG, "slow", 50);
+        // SAFETY: 16 bytes of `host`.
+        ok(unsafe { memory::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), a, 16, s) });
+        assert_eq!(host, [5, 6, 7, 8]);
+    }
+    // Checked arguments: no size, unknown flags, pointers it did not hand out, double frees.
+    let mut p: *mut c_void = std::ptr::null_mut();
+    // SAFETY: one out-pointer.
+    unsafe {
+        assert_eq!(memory::cuMemHostAlloc(&mut p, 0, 0), CUresult::CUDA_ERROR_INVALID_VALUE);
+        assert_eq!(memory::cuMemHostAlloc(&mut p, 8, 0x8), CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: inside the allocation (never dereferenced).
+    assert_eq!(memory::cuMemFreeHost(unsafe { pinned.add(1) }.cast()), CUresult::CUDA_ERROR_INVALID_VALUE);
+    ok(memory::cuMemFreeHost(pinned.cast()));
+    assert_eq!(memory::cuMemFreeHost(pinned.cast()), CUresult::CUDA_ERROR_INVALID_VALUE);
+    ok(stream::cuStreamDestroy_v2(s));
+    ok(memory::cuMemFree_v2(a));
+}
+
+#[test]
 fn streams_wait_for_events_and_the_legacy_stream_for_blocking_streams() {
     static LOG: Mutex<Vec<&str>> = Mutex::new(Vec::new());
     use_device(1);
@@ -284,6 +330,6 @@ fn error_names_and_strings_are_the_drivers() {
 #[test]
 fn every_other_symbol_of_the_bindings_exists_and_says_not_supported() {
     assert_eq!(not_supported::cuGraphCreate(), CUresult::CUDA_ERROR_NOT_SUPPORTED as u32);
-    assert_eq!(not_supported::cuMemHostAlloc(), CUresult::CUDA_ERROR_NOT_SUPPORTED as u32);
+    assert_eq!(not_supported::cuMemHostRegister_v2(), CUresult::CUDA_ERROR_NOT_SUPPORTED as u32);
     assert_eq!(not_supported::ncclSend(), cudarc::nccl::sys::ncclResult_t::ncclInvalidUsage as u32);
 }

@@ -110,6 +110,70 @@ fn logic_and_shifts() {
     }
 }
 
+/// Checks `mad.*` (`%out = part of %a * %b, plus %c`) on 32-bit or 64-bit operands against `want`.
+fn check_mad(op: &str, wide: bool, want: impl Fn(u64, u64, u64) -> u64) {
+    let v = edges64();
+    let (a, b) = all_pairs(&v);
+    let c: Vec<u64> = (0..a.len()).map(|i| v[(i * 7 + 3) % v.len()]).collect();
+    let body = format!("\t{op} %out, %a, %b, %c;");
+    if wide {
+        let m = elementwise(".b64", ".u64", 8, &body);
+        let out: Vec<u64> = run_elementwise(&m, &a, &b, &c);
+        for i in 0..a.len() {
+            assert_eq!(out[i], want(a[i], b[i], c[i]), "{op} {:#x} {:#x} {:#x}", a[i], b[i], c[i]);
+        }
+    } else {
+        let to32 = |v: &[u64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+        let (a, b, c) = (to32(&a), to32(&b), to32(&c));
+        let m = elementwise(".b32", ".u32", 4, &body);
+        let out: Vec<u32> = run_elementwise(&m, &a, &b, &c);
+        for i in 0..a.len() {
+            let w = want(a[i].into(), b[i].into(), c[i].into());
+            assert_eq!(u64::from(out[i]), w, "{op} {:#x} {:#x} {:#x}", a[i], b[i], c[i]);
+        }
+    }
+}
+
+#[test]
+fn mad_lo_hi_and_wide() {
+    let s32 = |x: u64| i64::from(x as u32 as i32);
+    let u32_ = |x: u64| x as u32;
+    check_mad("mad.lo.s32", false, |a, b, c| u32_(a).wrapping_mul(u32_(b)).wrapping_add(u32_(c)).into());
+    check_mad("mad.lo.u32", false, |a, b, c| u32_(a).wrapping_mul(u32_(b)).wrapping_add(u32_(c)).into());
+    check_mad("mad.hi.u32", false, |a, b, c| u32_((a * b) >> 32).wrapping_add(u32_(c)).into());
+    check_mad("mad.hi.s32", false, |a, b, c| u32_(((s32(a) * s32(b)) >> 32) as u64).wrapping_add(u32_(c)).into());
+    check_mad("mad.lo.u64", true, |a, b, c| a.wrapping_mul(b).wrapping_add(c));
+    check_mad("mad.hi.u64", true, |a, b, c| (((u128::from(a) * u128::from(b)) >> 64) as u64).wrapping_add(c));
+    check_mad("mad.hi.s64", true, |a, b, c| {
+        (((i128::from(a as i64) * i128::from(b as i64)) >> 64) as u64).wrapping_add(c)
+    });
+    // mad.wide: 32 x 32 -> 64 bits, plus a 64-bit addend, into a 64-bit register.
+    let m = module(
+        r#"
+.visible .entry t(.param .u64 pa, .param .u64 pout)
+{
+	.reg .b32 %r<8>;
+	.reg .b64 %rd<8>;
+	ld.param.u64 %rd1, [pa];
+	ld.param.u64 %rd2, [pout];
+	ld.global.u32 %r1, [%rd1];
+	ld.global.u32 %r2, [%rd1+4];
+	ld.global.u64 %rd5, [%rd1+8];
+	mad.wide.u32 %rd3, %r1, %r2, %rd5;
+	mad.wide.s32 %rd4, %r1, %r2, %rd5;
+	st.global.u64 [%rd2], %rd3;
+	st.global.u64 [%rd2+8], %rd4;
+	ret;
+}
+"#,
+    );
+    let mem = Memory::new();
+    let pa = mem.upload(&[0xffff_fffdu32, 7, 0xffff_ffff, 0xffff_ffff]);
+    let out = mem.alloc(16);
+    launch(&m, "t", [1, 1, 1], [1, 1, 1], 0, &[arg(pa), arg(out)], &mem).unwrap();
+    assert_eq!(mem.download::<u64>(out, 2), [(0xffff_fffdu64 * 7).wrapping_sub(1), (-22i64) as u64]);
+}
+
 #[test]
 fn unary_and_wide() {
     let m = elementwise(".b32", ".u32", 4, "\tnot.b32 %t1, %a;\n\tneg.s32 %t2, %b;\n\txor.b32 %out, %t1, %t2;");

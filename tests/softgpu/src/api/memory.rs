@@ -1,11 +1,14 @@
 //! Device memory: allocation (synchronous and stream-ordered), free, information, fills and
-//! copies.
+//! copies; page-locked host memory (`cuMemHostAlloc`, `cuMemFreeHost`).
 //!
-//! Host memory is always pageable to softgpu (it implements no pinned memory: qcalib uses none),
-//! so the copies follow the driver's rules for pageable memory: a copy from the host takes the
-//! bytes when called and writes them in stream order (the call may return before the device
-//! memory is written); a copy to the host returns once the bytes are there (after the stream's
-//! earlier work). Synchronous copies and fills run on the legacy default stream.
+//! Copies follow the driver's rules for pageable memory: a copy from the host takes the bytes
+//! when called and writes them in stream order (the call may return before the device memory is
+//! written); a copy to the host returns once the bytes are there (after the stream's earlier
+//! work). Synchronous copies and fills run on the legacy default stream.
+//!
+//! An asynchronous copy to page-locked memory (`cuMemHostAlloc`) is asynchronous, as on the
+//! driver: the call fills the destination with `0xff` bytes and returns, and the bytes arrive in
+//! stream order (qcalib reads large per-channel histograms back through such a buffer).
 //!
 //! With `SOFTGPU_PAGEABLE_COPIES=async`, an asynchronous copy to the host
 //! (`cuMemcpyDtoHAsync`) is asynchronous even into pageable memory, as the driver API allows a
@@ -218,6 +221,31 @@ unsafe fn htod(h_stream: Option<CUstream>, dst: CUdeviceptr, src: *const c_void,
     Ok(())
 }
 
+/// Allocates `bytesize` bytes of page-locked host memory (filled with `0xff`). `flags` may hold
+/// `CU_MEMHOSTALLOC_PORTABLE`, `_DEVICEMAP` and `_WRITECOMBINED` (all alike to softgpu).
+///
+/// # Safety
+/// `pp` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytesize: usize, flags: c_uint) -> CUresult {
+    call(|| {
+        if pp.is_null() || bytesize == 0 || flags & !0x7 != 0 {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let d = driver()?;
+        d.current_checked()?;
+        let ptr = d.pinned.allocate(bytesize)?;
+        // SAFETY: the caller's promise.
+        unsafe { out(pp, ptr.cast::<c_void>()) }
+    })
+}
+
+/// Frees what `cuMemHostAlloc` returned (`CUDA_ERROR_INVALID_VALUE` for any other pointer).
+#[unsafe(no_mangle)]
+pub extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    call(|| driver()?.pinned.free(p as usize))
+}
+
 /// The variable that makes asynchronous copies to pageable host memory asynchronous.
 pub const PAGEABLE_COPIES_VAR: &str = "SOFTGPU_PAGEABLE_COPIES";
 
@@ -228,11 +256,12 @@ pub fn async_pageable_copies() -> bool {
 }
 
 /// Device to host: returns once the bytes are in `dst` (after the stream's earlier work), except
-/// for an asynchronous copy with `SOFTGPU_PAGEABLE_COPIES=async` (see the module's docs).
+/// for an asynchronous copy into page-locked memory or with `SOFTGPU_PAGEABLE_COPIES=async` (see
+/// the module's docs).
 ///
 /// # Safety
 /// `dst` must be valid for `n` bytes (until the stream is synchronised, for an asynchronous copy
-/// with `SOFTGPU_PAGEABLE_COPIES=async`).
+/// that returns early).
 unsafe fn dtoh(h_stream: Option<CUstream>, dst: *mut c_void, src: CUdeviceptr, n: usize) -> Result<(), CUresult> {
     let d = driver()?;
     let (instance, stream) = target(d, h_stream)?;
@@ -243,7 +272,7 @@ unsafe fn dtoh(h_stream: Option<CUstream>, dst: *mut c_void, src: CUdeviceptr, n
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     let src = range(d, src, n)?;
-    let deferred = h_stream.is_some() && async_pageable_copies();
+    let deferred = h_stream.is_some() && (async_pageable_copies() || d.pinned.contains(dst.cast(), n));
     if deferred {
         // SAFETY: the caller's promise of `n` bytes.
         unsafe { dst.cast::<u8>().write_bytes(POISON, n) };

@@ -8,6 +8,7 @@ pub mod handles;
 pub mod launch;
 pub mod memory;
 pub mod module;
+pub mod pinned;
 pub mod properties;
 pub mod stats;
 pub mod stream;
@@ -22,6 +23,7 @@ use self::event::Event;
 use self::handles::Registry;
 use self::memory::MemoryTable;
 use self::module::{Function, Module};
+use self::pinned::PinnedTable;
 use self::stream::Stream;
 
 /// Every `CUresult` of the bindings, with its name (`CUDA_ERROR_NOT_SUPPORTED`, ...).
@@ -45,6 +47,8 @@ pub struct Driver {
     pub contexts: Vec<Context>,
     /// Device memory of every device.
     pub memory: MemoryTable,
+    /// Page-locked host memory (`cuMemHostAlloc`).
+    pub pinned: PinnedTable,
     /// Streams made by `cuStreamCreate`.
     pub streams: Registry<Stream>,
     /// Events.
@@ -64,6 +68,7 @@ pub fn init() -> Result<&'static Driver, CUresult> {
         properties::device_count().map(|n| Driver {
             contexts: (0..n).map(Context::new).collect(),
             memory: MemoryTable::default(),
+            pinned: PinnedTable::default(),
             streams: Registry::new(0x51),
             events: Registry::new(0xe1),
             modules: Registry::new(0x31),

@@ -14,8 +14,8 @@
 //! Shift amounts are unsigned 32-bit values; amounts at or above the width are clamped to the
 //! width: `shl` and logical `shr` give 0, arithmetic `shr` gives all sign bits.
 
-use super::lanes::{Lanes, Val, map1, map2};
-use crate::ptx::inst::{IntOp, IntUnOp};
+use super::lanes::{Lanes, Val, map1, map2, map3};
+use crate::ptx::inst::{IntOp, IntUnOp, MadPart};
 use crate::ptx::types::IntTy;
 
 macro_rules! lanes2 {
@@ -111,6 +111,25 @@ pub(crate) fn mul_wide(ty: IntTy, a: Val<'_>, b: Val<'_>, out: &mut Lanes) {
         // The decoder refuses `.wide` of 64-bit operands.
         IntTy::U64 | IntTy::S64 => lanes2!(a, b, out, |x: u64, y: u64| x.wrapping_mul(y)),
     }
+}
+
+/// The 32 lanes of `mad.lo`, `mad.hi` or `mad.wide`: `part` of `a * b`, plus `c` (of the
+/// result's width), wrapping to that width.
+pub(crate) fn mad(part: MadPart, ty: IntTy, a: Val<'_>, b: Val<'_>, c: Val<'_>, out: &mut Lanes) {
+    let bits = ty.bits();
+    let (signed, width) = (ty.signed(), if part == MadPart::Wide { 2 * bits } else { bits });
+    let mask = if width >= 64 { u64::MAX } else { (1u64 << width) - 1 };
+    map3(a, b, c, out, |x, y, z| {
+        // The exact product in 128 bits: the operands extended from their width.
+        let (x, y) = (extend(x, bits, signed), extend(y, bits, signed));
+        let product =
+            if signed { (i128::from(x as i64) * i128::from(y as i64)) as u128 } else { u128::from(x) * u128::from(y) };
+        let part = match part {
+            MadPart::Lo | MadPart::Wide => product as u64,
+            MadPart::Hi => (product >> bits) as u64,
+        };
+        part.wrapping_add(z) & mask
+    });
 }
 
 /// `v` (of `from_bits`, sign-extended when `signed`) as a 64-bit pattern.

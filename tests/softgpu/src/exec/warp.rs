@@ -358,6 +358,9 @@ impl Warp {
             Op::Int { op, ty, d, a, b } => compute!(d, [a, b], |out, [x, y]| int::binary(op, ty, x, y, out)),
             Op::IntUn { op, ty, d, a } => compute!(d, [a], |out, [x]| int::unary(op, ty, x, out)),
             Op::MulWide { ty, d, a, b } => compute!(d, [a, b], |out, [x, y]| int::mul_wide(ty, x, y, out)),
+            Op::IntMad { part, ty, d, a, b, c } => {
+                compute!(d, [a, b, c], |out, [x, y, z]| int::mad(part, ty, x, y, z, out))
+            }
             Op::Float { op, ty, mode, d, a, b } => {
                 compute!(d, [a, b], |out, [x, y]| float::binary(op, ty, mode, x, y, out))
             }

@@ -54,6 +54,17 @@ pub(crate) enum IntOp {
     Shr,
 }
 
+/// The part of the product that `mad` adds to its third operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MadPart {
+    /// `mad.lo`: the low half (the operands' width).
+    Lo,
+    /// `mad.hi`: the high half.
+    Hi,
+    /// `mad.wide`: all of it, twice the operands' width.
+    Wide,
+}
+
 /// Integer operations of one operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum IntUnOp {
@@ -262,6 +273,16 @@ pub(crate) enum Op {
         d: Reg,
         a: Src,
         b: Src,
+    },
+    /// `mad.lo`, `mad.hi`, `mad.wide`: `part` of the product of two `ty` operands plus `c` (of
+    /// the result's width), wrapping.
+    IntMad {
+        part: MadPart,
+        ty: IntTy,
+        d: Reg,
+        a: Src,
+        b: Src,
+        c: Src,
     },
     Float {
         op: FloatOp,

@@ -13,7 +13,8 @@
 //!
 //! The instructions, by family (see `decode/` for the qualifiers each takes):
 //!
-//! - integer: `add sub mul.lo mul.hi mul.wide div rem min max neg abs` (16, 32, 64 bits);
+//! - integer: `add sub mul.lo mul.hi mul.wide mad.lo mad.hi mad.wide div rem min max neg abs`
+//!   (16, 32, 64 bits);
 //! - logic and shifts: `and or xor not` (bit types and `.pred`), `shl shr`;
 //! - floating point (`.f32`, `.f64`): `add sub mul fma div` (`.rn`), `min max` (`.NaN`),
 //!   `abs neg`, `rcp.rn`, `sqrt.rn`, `rcp.approx.ftz.f64`, with `.ftz` and `.sat` on `.f32`;

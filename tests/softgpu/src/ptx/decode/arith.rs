@@ -1,8 +1,8 @@
-//! Integer, floating-point and logic instructions: `add sub mul div rem min max and or xor not
-//! shl shr neg abs fma rcp sqrt`.
+//! Integer, floating-point and logic instructions: `add sub mul mad div rem min max and or xor
+//! not shl shr neg abs fma rcp sqrt` (`mad` of integers only).
 
 use super::super::LoadError;
-use super::super::inst::{BoolOp, FloatMode, FloatOp, FloatUnOp, IntOp, IntUnOp, Op};
+use super::super::inst::{BoolOp, FloatMode, FloatOp, FloatUnOp, IntOp, IntUnOp, MadPart, Op};
 use super::super::syntax::Operand;
 use super::super::types::{FloatTy, Scalar};
 use super::{Ctx, Quals};
@@ -42,6 +42,27 @@ fn int(ctx: &mut Ctx<'_>, m: &str, q: &mut Quals<'_>, ops: &[Operand<'_>], ty: S
     let Some(ity) = ty.int_ty() else { return Err(q.bad_type(ty)) };
     let bits = ty.bits();
     let is_bit_type = matches!(ty, Scalar::B16 | Scalar::B32 | Scalar::B64);
+    if m == "mad" && !is_bit_type {
+        let part = match q.take_any(&[".lo", ".hi", ".wide"]) {
+            Some(".lo") => MadPart::Lo,
+            Some(".hi") => MadPart::Hi,
+            Some(_) => MadPart::Wide,
+            None => return Err(q.error("`mad` without `.lo`, `.hi` or `.wide`")),
+        };
+        // `c` and the result are twice as wide for `.wide`.
+        let (d_bits, c_ty) = match (part, ty) {
+            (MadPart::Wide, Scalar::U16) => (32, Scalar::U32),
+            (MadPart::Wide, Scalar::S16) => (32, Scalar::S32),
+            (MadPart::Wide, Scalar::U32) => (64, Scalar::U64),
+            (MadPart::Wide, Scalar::S32) => (64, Scalar::S64),
+            (MadPart::Wide, _) => return Err(q.error("`.wide` of 64-bit operands")),
+            _ => (bits, ty),
+        };
+        ctx.count(ops, 4, q.opcode)?;
+        let d = ctx.dst(&ops[0], d_bits)?;
+        let (a, b, c) = (ctx.src(&ops[1], ty)?, ctx.src(&ops[2], ty)?, ctx.src(&ops[3], c_ty)?);
+        return Ok(Op::IntMad { part, ty: ity, d, a, b, c });
+    }
     // The operations PTX defines for each type class.
     let binary = match m {
         "add" | "sub" | "div" | "rem" | "min" | "max" if !is_bit_type => Some(match m {
@@ -92,8 +113,8 @@ fn int(ctx: &mut Ctx<'_>, m: &str, q: &mut Quals<'_>, ops: &[Operand<'_>], ty: S
         "not" if is_bit_type => IntUnOp::Not,
         "neg" if ty.is_signed() => IntUnOp::Neg,
         "abs" if ty.is_signed() => IntUnOp::Abs,
-        "add" | "sub" | "mul" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor" | "shl" | "not" | "neg"
-        | "abs" => return Err(q.bad_type(ty)),
+        "add" | "sub" | "mul" | "mad" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor" | "shl" | "not"
+        | "neg" | "abs" => return Err(q.bad_type(ty)),
         _ => return Err(q.bad_type(ty)),
     };
     ctx.count(ops, 2, q.opcode)?;

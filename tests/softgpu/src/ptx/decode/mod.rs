@@ -263,8 +263,8 @@ fn instruction(ctx: &mut Ctx<'_>, i: &super::syntax::InstSyntax<'_>) -> Result<I
     let (mnemonic, mut q) = Quals::new(i.opcode, i.line);
     let ops = i.operands.as_slice();
     let op = match mnemonic {
-        "add" | "sub" | "mul" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor" | "shl" | "shr" | "fma"
-        | "not" | "neg" | "abs" | "rcp" | "sqrt" => arith::decode(ctx, mnemonic, &mut q, ops)?,
+        "add" | "sub" | "mul" | "mad" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor" | "shl" | "shr"
+        | "fma" | "not" | "neg" | "abs" | "rcp" | "sqrt" => arith::decode(ctx, mnemonic, &mut q, ops)?,
         "setp" | "selp" => compare::decode(ctx, mnemonic, &mut q, ops)?,
         "mov" | "cvt" | "cvta" => mov::decode(ctx, mnemonic, &mut q, ops)?,
         "ld" | "st" | "atom" | "red" => memory::decode(ctx, mnemonic, &mut q, ops)?,
