@@ -21,8 +21,10 @@ const PART_BUDGET_BYTES: usize = 256 << 20;
 /// the blocks' counters are not flushed more often than needed.
 const COLUMN_TASKS: usize = 16;
 /// The rows a task walks through one block of its group before the next block (see
-/// [`Reducer::column_group`]), in bytes of whole rows: 256 pages of 4 KiB, well within the TLB.
-const COLUMN_CHUNK_BYTES: usize = 1 << 20;
+/// [`Reducer::column_group`]), in bytes of whole rows: 512 pages of 4 KiB, within the TLB (a few
+/// thousand entries). Measured against 1 MiB (one process, KL per channel on the last axis):
+/// about 3% less CPU time (a block's first rows of each chunk are not prefetched).
+const COLUMN_CHUNK_BYTES: usize = 2 << 20;
 /// Values widened at a time from f16/bf16.
 const WIDEN_BLOCK: usize = 4096;
 
