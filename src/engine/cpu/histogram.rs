@@ -204,9 +204,10 @@ const TILE_COUNTER_BYTES: usize = 512 << 10;
 
 /// Blocks of channels a task of the channel-innermost layout takes in turn through each chunk of
 /// its rows (see [`Reducer::column_group`]). Measured in one process (CPU time of the KL
-/// observer's per-channel batch, 2^26 values, 1024 channels, blocks of 128, load 2-4 on the
-/// 2-core machine): 4 blocks about 20% less than 1, 2 blocks about 10% less; 8 blocks (whole
-/// rows, their counters no longer in L2) no better than 4.
+/// observer's per-channel batch, 2^26 values, 1024 channels, blocks of 128, the 2-core machine):
+/// 4 blocks about 5% less than 1 at load 1 to 2, about 20% less at load 3 to 4 (when other
+/// processes push the page tables out of the caches), 2 blocks about half that; 8 blocks (whole
+/// rows) about as fast as 4, with half the tasks.
 const COLUMN_GROUP: usize = 4;
 
 impl HistogramReducer<'static> {
