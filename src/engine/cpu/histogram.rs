@@ -186,14 +186,29 @@ pub(crate) struct HistogramReducer<'s> {
 }
 
 /// Bytes of u16 counters a task of the channel-innermost layout keeps (in L2 while it walks the
-/// rows): its block of channels is as wide as fits. Measured (CPU time in one process, 2^26
-/// values, 1024 channels, 2048 bins): 128 KiB (32 channels) against 256 KiB, about 10% less;
-/// 64 KiB (16 channels: a row's block is one cache line per page) about 30% more. Later, with
-/// the KL observer's whole batch (CPU time of 20 batches, load 6-7 on the 2-core machine):
-/// 512 KiB (128 channels) the same as 128 KiB to within 3%, a whole row of 1024 channels
-/// (4 MiB) slower; and bumping the counters of 16 channels at a time out of a chunk of wide
-/// rows (so that they stay in L1) gained nothing either.
+/// rows) where [`count_tile_rows`] does not apply: its block of channels is as wide as fits.
+/// Measured (CPU time in one process, 2^26 values, 1024 channels, 2048 bins): 128 KiB (32
+/// channels) against 256 KiB, about 10% less; 64 KiB (16 channels: a row's block is one cache
+/// line per page) about 30% more. Later, with the KL observer's whole batch (CPU time of 20
+/// batches, load 6-7 on the 2-core machine): 512 KiB (128 channels) the same as 128 KiB to within
+/// 3%, a whole row of 1024 channels (4 MiB) slower; and bumping the counters of 16 channels at a
+/// time out of a chunk of wide rows (so that they stay in L1) gained nothing either.
 const BLOCK_COUNTER_BYTES: usize = 128 << 10;
+
+/// The most bytes of u16 counters of a block of [`TILE_WIDTH`] channels counted by
+/// [`count_tile_rows`] (up to 2048 bins a channel): half the L2 of the machines measured. Its
+/// second phase keeps only a few channels' busy counters in L1, so the block can be wider than
+/// [`BLOCK_COUNTER_BYTES`] allows the row kernel, and a row's block is eight cache lines of a page
+/// instead of two.
+const TILE_COUNTER_BYTES: usize = 512 << 10;
+
+/// Blocks of channels a task of the channel-innermost layout takes in turn through each chunk of
+/// its rows (see [`Reducer::column_group`]). Measured in one process (CPU time of the KL
+/// observer's per-channel batch, 2^26 values, 1024 channels, blocks of 128, the 2-core machine):
+/// 4 blocks about 5% less than 1 at load 1 to 2, about 20% less at load 3 to 4 (when other
+/// processes push the page tables out of the caches), 2 blocks about half that; 8 blocks (whole
+/// rows) about as fast as 4, with half the tasks.
+const COLUMN_GROUP: usize = 4;
 
 impl HistogramReducer<'static> {
     /// One histogram of `bins` bins on `[0, hi]` (per tensor).
@@ -275,9 +290,10 @@ fn take_row_scratch(len: usize) -> Vec<u16> {
     }
 }
 
-/// The largest u16 scratch the pool keeps, in counters (256 KiB: the blocks of a few thousand bins
-/// at most; those of wider histograms, which may take megabytes each, are not kept).
-const ROW_POOL_MAX_LEN: usize = 128 << 10;
+/// The largest u16 scratch the pool keeps, in counters (640 KiB: a block of [`TILE_WIDTH`]
+/// channels of up to 2048 bins, or a narrower one of a few thousand bins; those of wider
+/// histograms, which may take megabytes each, are not kept).
+const ROW_POOL_MAX_LEN: usize = 320 << 10;
 
 /// Returns a zeroed u16 scratch to the pool.
 fn give_back_row_scratch(scratch: Vec<u16>) {
@@ -355,6 +371,8 @@ impl HistogramPart<'_> {
         if self.row_scratch_rows > 0 {
             let stride = self.rows.stride;
             for (j, &ch) in self.channels.iter().enumerate() {
+                // The slot past the channel's bins takes what [`count_tile_rows`] does not count.
+                self.row_scratch[j * stride + ch.bins] = 0;
                 if ch.bins == 0 {
                     continue;
                 }
@@ -426,6 +444,7 @@ impl HistogramPart<'_> {
         if self.row_scratch.is_empty() {
             self.row_scratch = take_row_scratch(self.rows.scratch_len());
         }
+        let tile = self.rows.narrow && channels == TILE_WIDTH;
         // Each counter takes at most one value per row: flush before it could overflow.
         let mut done = 0;
         while done < n {
@@ -435,17 +454,17 @@ impl HistogramPart<'_> {
             let take = (n - done).min((ROW_SCRATCH_LIMIT - self.row_scratch_rows) as usize);
             let piece = &data[done * stride..];
             match extremes.as_deref_mut() {
+                None if tile => {
+                    count_tile(piece, take, stride, &self.rows, &mut self.row_scratch, &mut [], &mut []);
+                }
                 None => count_rows(piece, take, stride, &self.rows, &mut self.row_scratch),
                 Some(e) => {
-                    let poison = count_rows_and_extremes(
-                        piece,
-                        take,
-                        stride,
-                        &self.rows,
-                        &mut self.row_scratch,
-                        &mut e.min,
-                        &mut e.max,
-                    );
+                    let (counts, lo, up) = (&mut self.row_scratch, &mut e.min, &mut e.max);
+                    let poison = if tile {
+                        count_tile(piece, take, stride, &self.rows, counts, lo, up)
+                    } else {
+                        count_rows_and_extremes(piece, take, stride, &self.rows, counts, lo, up)
+                    };
                     if poison == 0x7f80_0000 {
                         e.non_finite += (0..take)
                             .map(|i| {
@@ -593,7 +612,21 @@ impl<'s> Reducer for HistogramReducer<'s> {
 
     fn column_block(&self, _channels: usize) -> Option<usize> {
         let most = self.channels.iter().map(|c| c.bins).max().unwrap_or(1).max(1);
+        if 2 * TILE_WIDTH * most <= TILE_COUNTER_BYTES {
+            return Some(TILE_WIDTH);
+        }
         Some((BLOCK_COUNTER_BYTES / (2 * most)).clamp(LANES, 1024) / LANES * LANES)
+    }
+
+    fn column_group(&self) -> usize {
+        COLUMN_GROUP
+    }
+
+    fn finish_part(&self, part: &mut HistogramPart<'s>) {
+        // Into the sink from the task's thread (without a sink, the counts stay in the part).
+        if self.sink.is_some() {
+            part.finish();
+        }
     }
 
     fn merge(&self, part: &mut HistogramPart<'s>, mut other: HistogramPart<'s>) {
@@ -654,6 +687,8 @@ struct RowConstants {
     outside: u32,
     /// Every channel with bins has `hi > 0` and `hi * bins` finite: [`bin_of_in_range`] applies.
     in_range: bool,
+    /// Every channel's bins, and the slot past them, have u16 indices: [`count_tile_rows`] applies.
+    narrow: bool,
 }
 
 impl RowConstants {
@@ -669,6 +704,7 @@ impl RowConstants {
             stride,
             outside: (channels.len() * stride) as u32,
             in_range: channels.iter().all(|c| c.bins == 0 || (c.hi > 0.0 && in_range(c.hi, c.bins))),
+            narrow: most <= u16::MAX as usize,
         }
     }
 
@@ -782,6 +818,171 @@ unsafe fn bump(idx: &[u32], counts: &mut [u16]) {
     }
 }
 
+/// Rows of a tile of [`count_tile_rows`]: their bins (u16 each) stay in L1 between its two
+/// phases.
+const TILE_ROWS: usize = 256;
+
+/// Channels of a block counted by [`count_tile_rows`] (a multiple of [`LANES`]).
+const TILE_WIDTH: usize = 128;
+
+/// Counters of a tile's row: [`TILE_WIDTH`] and one cache line more, so that the column of a
+/// channel, read in the second phase, spreads over every set of the L1 (rows of 256 bytes would
+/// put the column's 256 lines in a sixteenth of them, which thrash).
+const TILE_PITCH: usize = TILE_WIDTH + 32;
+
+/// Rows ahead of the one being read that the first phase of [`count_tile_rows`] prefetches (each
+/// in a new page, whose translation the prefetch waits for). Measured in one process against 8
+/// (the row kernel's 4 KiB ahead): 16 and 32 about 4% less CPU time, the same as each other.
+const TILE_AHEAD: usize = 16;
+
+/// Channels whose bins the second phase of [`count_tile_rows`] counts together, row after row:
+/// independent chains of increments, the tile read a few values at a time.
+const TILE_CHANNELS: usize = 8;
+
+/// [`count_rows_generic`] for a block of exactly `V * LANES` (= [`TILE_WIDTH`]) channels whose bins
+/// and the slot past them have u16 indices ([`RowConstants::narrow`]), [`TILE_ROWS`] rows at a
+/// time in two phases:
+///
+/// 1. the rows in order, each value's bin by the same rule as [`count_rows_generic`] (`nb[j]`,
+///    the slot past the channel's bins, for a value not counted) into `tile`, the extremes
+///    folded in row order as there;
+/// 2. channel after channel ([`TILE_CHANNELS`] at a time), the bins of the tile counted into
+///    the channel's own counters at `j * stride`: the busy counters of a few channels in L1 at a
+///    time, instead of those of the whole block, value after value.
+///
+/// Measured in one process (CPU time of the KL observer's per-channel batch, 2^26 values, 1024
+/// channels innermost, 2048 bins; `qcalib bench` data): about 20% less than the row kernel on
+/// blocks of 32 channels; the two phases take about half each.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn count_tile_rows<const V: usize, const EXTREMES: bool, const IN_RANGE: bool>(
+    data: &[f32],
+    n: usize,
+    stride: usize,
+    k: &RowConstants,
+    counts: &mut [u16],
+    lo: &mut [f32],
+    up: &mut [f32],
+    tile: &mut [u16; TILE_ROWS * TILE_PITCH],
+) -> u32 {
+    let width = V * LANES;
+    debug_assert!(k.hi.len() == width && k.narrow);
+    let lanes =
+        |src: &[f32]| -> [[f32; LANES]; V] { std::array::from_fn(|v| std::array::from_fn(|l| src[v * LANES + l])) };
+    let (bins_f, top, hi) = (lanes(&k.bins_f), lanes(&k.top), lanes(&k.hi));
+    let nb: [[u32; LANES]; V] = std::array::from_fn(|v| std::array::from_fn(|l| k.nb[v * LANES + l]));
+    let (mut lo_r, mut up_r) = if EXTREMES { (lanes(lo), lanes(up)) } else { ([[0.0; LANES]; V], [[0.0; LANES]; V]) };
+    let mut poison = [0u32; LANES];
+    let ahead = TILE_AHEAD;
+    // Every index bumped is channel `j`'s `j * stride` plus at most its `nb[j]` (its bins), below
+    // `(j + 1) * stride`: below this length, checked once.
+    let counts = &mut counts[..width * k.stride];
+    let mut first = 0;
+    while first < n {
+        let rows = TILE_ROWS.min(n - first);
+        for r in 0..rows {
+            let row = &data[(first + r) * stride..][..width];
+            if stride != width
+                && let Some(next) = data.get((first + r + ahead) * stride..)
+            {
+                prefetch(&next[..width.min(next.len())]);
+            }
+            let out = &mut tile[r * TILE_PITCH..][..width];
+            for (v, (x, slot)) in row.chunks_exact(LANES).zip(out.chunks_exact_mut(LANES)).enumerate() {
+                for l in 0..LANES {
+                    let x = x[l];
+                    if EXTREMES {
+                        lo_r[v][l] = min_max::min(lo_r[v][l], x);
+                        up_r[v][l] = min_max::max(up_r[v][l], x);
+                        poison[l] = poison[l].max(x.to_bits() & 0x7f80_0000);
+                    }
+                    let (h, nb) = (hi[v][l], nb[v][l]);
+                    let b = if IN_RANGE {
+                        bin_of_in_range(x, bins_f[v][l], top[v][l], h, nb)
+                    } else {
+                        // A channel whose range is [0, 0] counts its zeros in bin 0 (SPEC §5).
+                        let b = bin_of(x, bins_f[v][l], top[v][l], h, nb);
+                        if h > 0.0 {
+                            b
+                        } else if x == 0.0 {
+                            0
+                        } else {
+                            nb
+                        }
+                    };
+                    // At most `nb` (the slot of what is not counted), below 2^16 (`k.narrow`).
+                    slot[l] = b.min(nb) as u16;
+                }
+            }
+        }
+        for j in (0..width).step_by(TILE_CHANNELS) {
+            let base: [usize; TILE_CHANNELS] = std::array::from_fn(|q| (j + q) * k.stride);
+            for r in 0..rows {
+                let t = &tile[r * TILE_PITCH + j..][..TILE_CHANNELS];
+                for q in 0..TILE_CHANNELS {
+                    let i = base[q] + t[q] as usize;
+                    debug_assert!(i < counts.len());
+                    // SAFETY: the tile holds at most `nb[j + q] < stride` for channel `j + q`
+                    // (written above), so `i < (j + q + 1) * stride <= counts.len()`. The bounds
+                    // check this skips costs a tenth of the kernel.
+                    let c = unsafe { counts.get_unchecked_mut(i) };
+                    *c = c.wrapping_add(1);
+                }
+            }
+        }
+        first += rows;
+    }
+    if EXTREMES {
+        for v in 0..V {
+            lo[v * LANES..][..LANES].copy_from_slice(&lo_r[v]);
+            up[v * LANES..][..LANES].copy_from_slice(&up_r[v]);
+        }
+    }
+    poison.into_iter().max().unwrap_or(0)
+}
+
+/// [`count_tile_rows`] on a block of [`TILE_WIDTH`] channels, with or without the extremes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn count_tile_rows_of<const EXTREMES: bool>(
+    data: &[f32],
+    n: usize,
+    stride: usize,
+    k: &RowConstants,
+    counts: &mut [u16],
+    lo: &mut [f32],
+    up: &mut [f32],
+    tile: &mut [u16; TILE_ROWS * TILE_PITCH],
+) -> u32 {
+    const V: usize = TILE_WIDTH / LANES;
+    if k.in_range {
+        count_tile_rows::<V, EXTREMES, true>(data, n, stride, k, counts, lo, up, tile)
+    } else {
+        count_tile_rows::<V, EXTREMES, false>(data, n, stride, k, counts, lo, up, tile)
+    }
+}
+
+multiversion! {
+    /// [`count_tile_rows`] on a block of [`TILE_WIDTH`] channels, with the extremes when `lo`
+    /// and `up` are not empty; returns the largest exponent field seen (0 without the extremes).
+    fn count_tile(
+        data: &[f32],
+        n: usize,
+        stride: usize,
+        k: &RowConstants,
+        counts: &mut [u16],
+        lo: &mut [f32],
+        up: &mut [f32],
+    ) -> u32 {
+        let mut tile = [0u16; TILE_ROWS * TILE_PITCH];
+        if lo.is_empty() {
+            count_tile_rows_of::<false>(data, n, stride, k, counts, lo, up, &mut tile)
+        } else {
+            count_tile_rows_of::<true>(data, n, stride, k, counts, lo, up, &mut tile)
+        }
+    }
+}
+
 multiversion! {
     /// [`count_rows_generic`] without the extremes.
     fn count_rows(data: &[f32], n: usize, stride: usize, k: &RowConstants, counts: &mut [u16]) {
@@ -852,6 +1053,14 @@ impl<'s> Reducer for ExtremesAndHistogram<'s> {
 
     fn column_block(&self, channels: usize) -> Option<usize> {
         self.0.column_block(channels)
+    }
+
+    fn column_group(&self) -> usize {
+        self.0.column_group()
+    }
+
+    fn finish_part(&self, part: &mut Self::Part) {
+        self.0.finish_part(&mut part.1);
     }
 
     fn merge(&self, part: &mut Self::Part, other: Self::Part) {
@@ -1016,6 +1225,75 @@ mod tests {
             let mut alone = vec![0; held.len()];
             assert!(add_abs_histograms(&TensorView::F32(view), axis, &bins, &hi, false, &mut alone).is_none());
             assert!(alone == held, "shape {shape:?} axis {axis}");
+        }
+    }
+
+    #[test]
+    fn tiles_of_grouped_blocks_equal_each_channel_counted_alone() {
+        use crate::engine::cpu::add_abs_histograms;
+        use crate::tensor::TensorView;
+        // Channels innermost, wide enough for blocks of TILE_WIDTH channels (and a narrower last
+        // one), walked in groups of blocks through chunks of rows (one thread: the largest
+        // groups), rows not a multiple of a tile: bins of every kind (none, few, the most), an
+        // all-zero range, a range whose `hi * bins` overflows, values outside the range, NaN and
+        // infinities, in f32 (read in place) and f16 (widened).
+        let (rows, channels) = (700, 8 * TILE_WIDTH + 40);
+        let mut x: Vec<f32> = (0..rows * channels).map(|i| ((i as f32) * 0.731).sin() * (1 + i % 7) as f32).collect();
+        x[5 * channels + 17] = f32::NAN;
+        x[600 * channels + 300] = f32::INFINITY;
+        x[650 * channels + 1060] = f32::NEG_INFINITY;
+        for r in 0..rows {
+            x[r * channels + 3] = 0.0; // an all-zero channel
+            x[r * channels + 200] *= 1e37; // a range near f32::MAX
+        }
+        let bins: Vec<usize> = (0..channels).map(|c| [2048, 0, 7, 300, 2048][c % 5]).collect();
+        let hi: Vec<f32> = (0..channels)
+            .map(|c| match c {
+                3 => 0.0,
+                200 => 3.0e38,
+                _ => 1.0 + (c % 6) as f32,
+            })
+            .collect();
+        assert!(!in_range(3.0e38, 2048));
+        let x16: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let widened: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for (view, x) in [
+            (TensorView::F32(ndarray::ArrayView2::from_shape((rows, channels), &x).unwrap().into_dyn()), &x),
+            (TensorView::F16(ndarray::ArrayView2::from_shape((rows, channels), &x16).unwrap().into_dyn()), &widened),
+        ] {
+            let mut counts = vec![0; bins.iter().sum()];
+            let e = one_thread.install(|| add_abs_histograms(&view, 1, &bins, &hi, true, &mut counts)).unwrap();
+            let mut again = vec![0; counts.len()];
+            assert!(add_abs_histograms(&view, 1, &bins, &hi, false, &mut again).is_none());
+            assert!(again == counts);
+            let mut at = 0;
+            let mut non_finite = 0;
+            for c in 0..channels {
+                let column: Vec<f32> = (0..rows).map(|r| x[r * channels + c]).collect();
+                let want = if bins[c] == 0 {
+                    Vec::new()
+                } else if hi[c] > 0.0 {
+                    let r = HistogramReducer::new(bins[c], hi[c]);
+                    let mut p = r.part(0, 1);
+                    r.run(&mut p, 0, &column);
+                    p.into_counts()
+                } else {
+                    let mut z = vec![0; bins[c]];
+                    z[0] = column.iter().filter(|v| **v == 0.0).count() as u64;
+                    z
+                };
+                assert!(counts[at..at + bins[c]] == want[..], "channel {c}");
+                at += bins[c];
+                let ce = min_max::extremes(&column);
+                assert_eq!(
+                    (e.min[c].to_bits(), e.max[c].to_bits()),
+                    (ce.min.to_bits(), ce.max.to_bits()),
+                    "channel {c}"
+                );
+                non_finite += ce.non_finite;
+            }
+            assert_eq!(e.non_finite, non_finite);
         }
     }
 
