@@ -12,7 +12,7 @@
 //!   otherwise (the ISA's rule, e.g. `cvt.rzi.u64.f64` of NaN is `0x8000000000000000`).
 //! - Integer to float: rounded by `.rn .rz .rm .rp`.
 
-use super::float::{NAN32, NAN64};
+use super::float::{NAN32, canonical32, canonical64};
 use super::int::{extend, truncate};
 use super::lanes::{Lanes, Val, map1};
 use super::softfloat::{self, Format, Value};
@@ -137,12 +137,12 @@ pub(crate) fn one(conv: Conv, x: u64) -> u64 {
                 if matches!(softfloat::decode(bits, ff), Value::Nan) { tf.canonical_nan() } else { bits }
             } else if from == FloatTy::F32 && to == FloatTy::F64 {
                 let v = f64::from(f32::from_bits(bits as u32));
-                if v.is_nan() { NAN64 } else { v.to_bits() }
+                canonical64(v)
             } else if from == FloatTy::F16 && to == FloatTy::F32 {
                 u64::from(f16_to_f32(bits))
             } else if from == FloatTy::F64 && to == FloatTy::F32 && rnd == Rounding::NearestEven {
                 let v = f64::from_bits(bits) as f32;
-                u64::from(if v.is_nan() { NAN32 } else { v.to_bits() })
+                u64::from(canonical32(v))
             } else {
                 softfloat::convert(bits, ff, tf, rnd)
             };
@@ -205,12 +205,12 @@ pub(crate) fn cvt(conv: Conv, a: Val<'_>, out: &mut Lanes) {
         // The conversions of qcalib's kernels, each in a loop of its own.
         Conv::FloatFloat { from: FloatTy::F32, to: FloatTy::F64, ftz: false, sat: false, .. } => map1(a, out, |x| {
             let v = f64::from(f32::from_bits(x as u32));
-            if v.is_nan() { NAN64 } else { v.to_bits() }
+            canonical64(v)
         }),
         Conv::FloatFloat { from: FloatTy::F64, to: FloatTy::F32, rnd: Rn, ftz: false, sat: false } => {
             map1(a, out, |x| {
                 let v = f64::from_bits(x) as f32;
-                u64::from(if v.is_nan() { NAN32 } else { v.to_bits() })
+                u64::from(canonical32(v))
             })
         }
         Conv::FloatFloat { from: FloatTy::F16, to: FloatTy::F32, sat: false, .. } => {
@@ -219,11 +219,11 @@ pub(crate) fn cvt(conv: Conv, a: Val<'_>, out: &mut Lanes) {
         Conv::FloatRound { ty: FloatTy::F32, rnd, ftz: false, sat: false } => map1(a, out, |x| {
             let v = f32::from_bits(x as u32);
             let r = round_integral(f64::from(v), rnd) as f32;
-            u64::from(if r.is_nan() { NAN32 } else { r.to_bits() })
+            u64::from(canonical32(r))
         }),
         Conv::FloatRound { ty: FloatTy::F64, rnd, ftz: false, sat: false } => map1(a, out, |x| {
             let r = round_integral(f64::from_bits(x), rnd);
-            if r.is_nan() { NAN64 } else { r.to_bits() }
+            canonical64(r)
         }),
         Conv::FloatInt { from: FloatTy::F32, to_bits, to_signed, rnd, ftz: false } => map1(a, out, |x| {
             let v = f64::from(f32::from_bits(x as u32));

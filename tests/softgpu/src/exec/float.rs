@@ -31,6 +31,22 @@ pub(crate) const NAN32: u32 = 0x7fff_ffff;
 /// The canonical `.f64` NaN.
 pub(crate) const NAN64: u64 = 0x7fff_ffff_ffff_ffff;
 
+/// The bits of `r`, a NaN as [`NAN32`]. Tested on the bits: rustc 1.95 in release turns
+/// `if r.is_nan() { NAN32 } else { r.to_bits() }` after a `sqrt` into a select of floats that
+/// gives back the NaN `sqrt` made (0xffc00000 for `sqrt(-1)` on x86) instead of the constant.
+#[inline(always)]
+pub(crate) fn canonical32(r: f32) -> u32 {
+    let bits = r.to_bits();
+    if bits & 0x7fff_ffff > 0x7f80_0000 { NAN32 } else { bits }
+}
+
+/// The bits of `r`, a NaN as [`NAN64`] (tested on the bits, see [`canonical32`]).
+#[inline(always)]
+pub(crate) fn canonical64(r: f64) -> u64 {
+    let bits = r.to_bits();
+    if bits & 0x7fff_ffff_ffff_ffff > 0x7ff0_0000_0000_0000 { NAN64 } else { bits }
+}
+
 /// `x` with a subnormal value flushed to a zero of the same sign.
 #[inline]
 pub(crate) fn ftz32(x: f32) -> f32 {
@@ -59,12 +75,12 @@ fn result32(r: f32, mode: FloatMode) -> u64 {
             0.0
         };
     }
-    u64::from(if r.is_nan() { NAN32 } else { r.to_bits() })
+    u64::from(canonical32(r))
 }
 
 #[inline(always)]
 fn result64(r: f64) -> u64 {
-    if r.is_nan() { NAN64 } else { r.to_bits() }
+    canonical64(r)
 }
 
 /// PTX `min`: the non-NaN operand if one is NaN; -0 below +0.
