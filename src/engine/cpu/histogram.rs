@@ -896,6 +896,9 @@ fn count_tile_rows<const V: usize, const EXTREMES: bool, const IN_RANGE: bool>(
                         up_r[v][l] = min_max::max(up_r[v][l], x);
                         poison[l] = poison[l].max(x.to_bits() & 0x7f80_0000);
                     }
+                    // The bin rule of `count_rows_generic`, written out again: the two sharing one
+                    // `#[inline(always)]` helper made this kernel 5-10% slower (measured in one
+                    // process, `qcalib bench`, KL last axis), its code laid out differently.
                     let (h, nb) = (hi[v][l], nb[v][l]);
                     let b = if IN_RANGE {
                         bin_of_in_range(x, bins_f[v][l], top[v][l], h, nb)
