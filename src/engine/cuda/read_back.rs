@@ -35,13 +35,26 @@ const STAGING_COUNTERS: usize = 1 << 22;
 const ADD_CHUNK: usize = 1 << 15;
 
 /// A page-locked host buffer of `u64` counters, allocated on first use (as large as the first
-/// result needs, up to [`STAGING_COUNTERS`]; grown when a later one needs more) and reused.
-#[derive(Default)]
+/// result needs, up to `piece` counters, [`STAGING_COUNTERS`] by default; grown when a later one
+/// needs more) and reused. Larger results come back `piece` counters at a time.
 pub(crate) struct Staging {
     buffer: Mutex<Option<PinnedHostSlice<u64>>>,
+    piece: usize,
+}
+
+impl Default for Staging {
+    fn default() -> Staging {
+        Staging { buffer: Mutex::new(None), piece: STAGING_COUNTERS }
+    }
 }
 
 impl Staging {
+    /// A staging buffer of at most `piece` counters (the tests cut small results in pieces).
+    #[cfg(test)]
+    pub(crate) fn with_piece(piece: usize) -> Staging {
+        Staging { buffer: Mutex::new(None), piece: piece.max(1) }
+    }
+
     /// Adds the counters of `src` (on `stream`) to `out`, element by element: `out[i] += src[i]`.
     /// Where page-locked memory cannot be had, the counters come back through pageable vectors
     /// instead (slower, the same sums). On an error, `out` may hold part of the sums.
@@ -52,20 +65,8 @@ impl Staging {
         src: &CudaSlice<u64>,
         out: &mut [u64],
     ) -> Result<(), GpuError> {
-        self.add_back_in_pieces(ctx, stream, src, out, STAGING_COUNTERS)
-    }
-
-    /// [`add_back`](Self::add_back) through a buffer of at most `piece` counters.
-    pub(crate) fn add_back_in_pieces(
-        &self,
-        ctx: &Arc<CudaContext>,
-        stream: &Arc<CudaStream>,
-        src: &CudaSlice<u64>,
-        out: &mut [u64],
-        piece: usize,
-    ) -> Result<(), GpuError> {
-        let n = out.len();
-        if src.len() < n || piece == 0 {
+        let (n, piece) = (out.len(), self.piece);
+        if src.len() < n {
             return Err(GpuError::Internal(format!("{} counters on the device for {n} on the host", src.len())));
         }
         let mut guard = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);

@@ -430,15 +430,19 @@ fn counts_come_back_through_page_locked_memory_in_pieces() {
     let stream = &gpu.stream;
     let counts: Vec<u64> = (0..1000u64).map(|i| i * i + u64::from(u32::MAX)).collect();
     let on_device = stream.clone_htod(&counts).unwrap();
-    let staging = super::read_back::Staging::default();
     // Pieces that divide the counts, that do not, and one piece for all; counts added to what
     // is there; fewer counts read than the device holds.
     for (piece, n) in [(100, 1000), (7, 1000), (4096, 1000), (64, 999)] {
+        let staging = super::read_back::Staging::with_piece(piece);
         let mut out: Vec<u64> = (0..n as u64).collect();
-        staging.add_back_in_pieces(&gpu.ctx, stream, &on_device, &mut out, piece).unwrap();
+        staging.add_back(&gpu.ctx, stream, &on_device, &mut out).unwrap();
         assert!(staging.is_pinned(), "piece {piece}: no page-locked buffer");
         assert!(out.iter().enumerate().all(|(i, &o)| o == i as u64 + counts[i]), "piece {piece}, {n} counts");
+        // A buffer kept from a larger result, used for a smaller one.
+        let mut again: Vec<u64> = vec![0; 10];
+        staging.add_back(&gpu.ctx, stream, &on_device, &mut again).unwrap();
+        assert_eq!(again, counts[..10], "piece {piece}, then 10 counts");
     }
     let mut too_many = vec![0u64; 1001];
-    assert!(staging.add_back_in_pieces(&gpu.ctx, stream, &on_device, &mut too_many, 64).is_err());
+    assert!(super::read_back::Staging::default().add_back(&gpu.ctx, stream, &on_device, &mut too_many).is_err());
 }

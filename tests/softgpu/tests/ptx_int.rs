@@ -135,7 +135,7 @@ fn check_mad(op: &str, wide: bool, want: impl Fn(u64, u64, u64) -> u64) {
 }
 
 #[test]
-fn mad_lo_hi_and_wide() {
+fn mad_lo_and_hi() {
     let s32 = |x: u64| i64::from(x as u32 as i32);
     let u32_ = |x: u64| x as u32;
     check_mad("mad.lo.s32", false, |a, b, c| u32_(a).wrapping_mul(u32_(b)).wrapping_add(u32_(c)).into());
@@ -147,31 +147,6 @@ fn mad_lo_hi_and_wide() {
     check_mad("mad.hi.s64", true, |a, b, c| {
         (((i128::from(a as i64) * i128::from(b as i64)) >> 64) as u64).wrapping_add(c)
     });
-    // mad.wide: 32 x 32 -> 64 bits, plus a 64-bit addend, into a 64-bit register.
-    let m = module(
-        r#"
-.visible .entry t(.param .u64 pa, .param .u64 pout)
-{
-	.reg .b32 %r<8>;
-	.reg .b64 %rd<8>;
-	ld.param.u64 %rd1, [pa];
-	ld.param.u64 %rd2, [pout];
-	ld.global.u32 %r1, [%rd1];
-	ld.global.u32 %r2, [%rd1+4];
-	ld.global.u64 %rd5, [%rd1+8];
-	mad.wide.u32 %rd3, %r1, %r2, %rd5;
-	mad.wide.s32 %rd4, %r1, %r2, %rd5;
-	st.global.u64 [%rd2], %rd3;
-	st.global.u64 [%rd2+8], %rd4;
-	ret;
-}
-"#,
-    );
-    let mem = Memory::new();
-    let pa = mem.upload(&[0xffff_fffdu32, 7, 0xffff_ffff, 0xffff_ffff]);
-    let out = mem.alloc(16);
-    launch(&m, "t", [1, 1, 1], [1, 1, 1], 0, &[arg(pa), arg(out)], &mem).unwrap();
-    assert_eq!(mem.download::<u64>(out, 2), [(0xffff_fffdu64 * 7).wrapping_sub(1), (-22i64) as u64]);
 }
 
 #[test]
@@ -188,30 +163,36 @@ fn unary_and_wide() {
     for i in 0..a.len() {
         assert_eq!(out[i], (a[i] as i32).wrapping_abs() as u32);
     }
-    // mul.wide: 32 x 32 -> 64 bits, into a 64-bit register.
+    // mul.wide and mad.wide: 32 x 32 -> 64 bits (plus a 64-bit addend), into a 64-bit register.
     let m = module(
         r#"
 .visible .entry t(.param .u64 pa, .param .u64 pout)
 {
 	.reg .b32 %r<8>;
-	.reg .b64 %rd<8>;
+	.reg .b64 %rd<10>;
 	ld.param.u64 %rd1, [pa];
 	ld.param.u64 %rd2, [pout];
 	ld.global.u32 %r1, [%rd1];
 	ld.global.u32 %r2, [%rd1+4];
+	ld.global.u64 %rd5, [%rd1+8];
 	mul.wide.u32 %rd3, %r1, %r2;
 	mul.wide.s32 %rd4, %r1, %r2;
+	mad.wide.u32 %rd6, %r1, %r2, %rd5;
+	mad.wide.s32 %rd7, %r1, %r2, %rd5;
 	st.global.u64 [%rd2], %rd3;
 	st.global.u64 [%rd2+8], %rd4;
+	st.global.u64 [%rd2+16], %rd6;
+	st.global.u64 [%rd2+24], %rd7;
 	ret;
 }
 "#,
     );
     let mem = Memory::new();
-    let pa = mem.upload(&[0xffff_fffdu32, 7]);
-    let out = mem.alloc(16);
+    let pa = mem.upload(&[0xffff_fffdu32, 7, 0xffff_ffff, 0xffff_ffff]);
+    let out = mem.alloc(32);
     launch(&m, "t", [1, 1, 1], [1, 1, 1], 0, &[arg(pa), arg(out)], &mem).unwrap();
-    assert_eq!(mem.download::<u64>(out, 2), [0xffff_fffd * 7, (-21i64) as u64]);
+    let product = 0xffff_fffdu64 * 7;
+    assert_eq!(mem.download::<u64>(out, 4), [product, (-21i64) as u64, product.wrapping_sub(1), (-22i64) as u64]);
 }
 
 #[test]

@@ -83,8 +83,12 @@ fn load_error(body: &str) -> (usize, String) {
 
 #[test]
 fn what_is_not_implemented_is_named_never_guessed() {
-    let cases: [(&str, usize, &str); 13] = [
+    let cases: [(&str, usize, &str); 17] = [
         ("\t.reg .f32 %f<2>;\n\tadd.rz.f32 %f1, %f0, %f0;\n\tret;", 7, "`.rz`"),
+        ("\t.reg .b32 %r<2>;\n\tmad.s32 %r1, %r0, %r0, %r0;\n\tret;", 7, "`mad` without `.lo`, `.hi` or `.wide`"),
+        ("\t.reg .b64 %rd<2>;\n\tmad.wide.u64 %rd1, %rd0, %rd0, %rd0;\n\tret;", 7, "`.wide` of 64-bit operands"),
+        ("\t.reg .b32 %r<2>;\n\tmad.hi.sat.s32 %r1, %r0, %r0, %r0;\n\tret;", 7, "`.sat`"),
+        ("\t.reg .f32 %f<2>;\n\tmad.rn.f32 %f1, %f0, %f0, %f0;\n\tret;", 7, "`.f32`"),
         ("\t.reg .f32 %f<2>;\n\tadd.rn.f16 %f1, %f0, %f0;\n\tret;", 7, "unsupported type `.f16`"),
         ("\t.reg .b32 %r<2>;\n\tadd.sat.s32 %r1, %r0, %r0;\n\tret;", 7, "`.sat`"),
         ("\t.reg .b32 %r<2>;\n\tadd.s32 %r1, %r0, %r5;\n\tret;", 7, "undeclared register `%r5`"),
